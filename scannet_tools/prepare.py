@@ -1,0 +1,177 @@
+"""Raw ScanNet scenes -> one compact ``.npz`` per scene (the "prepared arrays" stage).
+
+A prepared scene holds, per mesh vertex and in ``_vh_clean_2.ply`` order:
+
+==============  =========  ==========================================================
+key             dtype      meaning
+==============  =========  ==========================================================
+``xyz``         float32    coordinates (axis-aligned if prepared with ``--align``)
+``rgb``         uint8      colour
+``normals``     float32    area-weighted vertex normals from the mesh faces
+``semantic``    int16      benchmark train id 0..19, ``IGNORE_ID`` (-100) elsewhere
+``instance``    int32      ScanNet instance id (objectId + 1) for the 18 instance
+                           classes, -1 elsewhere
+``superpoint``  int32      contiguous superpoint id from segIndices, -1 if none
+``nyu40``       uint8      raw NYU40 label (0 unannotated) as in the official export
+==============  =========  ==========================================================
+
+plus ``scene`` and ``axis_alignment``. Scenes without annotations (test scans) get
+``semantic`` = IGNORE_ID and ``instance`` = -1 everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .io import atomic_path
+from .labels import read_label_table
+from .reader import SceneError, read_scene, training_labels, vertex_labels
+
+PREPARED_SUFFIX = ".npz"
+
+
+def vertex_normals(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals; vertices in no face get (0, 0, 1)."""
+    normals = np.zeros_like(xyz, dtype=np.float64)
+    if len(faces):
+        v = xyz.astype(np.float64)
+        face_n = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])
+        idx = faces.reshape(-1)
+        for d in range(3):  # bincount is the fast scatter-add in numpy
+            normals[:, d] = np.bincount(idx, weights=np.repeat(face_n[:, d], 3), minlength=len(xyz))
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    out = np.where(length > 0, normals / np.maximum(length, 1e-12), np.array([0.0, 0.0, 1.0]))
+    return out.astype(np.float32)
+
+
+def apply_alignment(xyz: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 rigid transform to points."""
+    return (xyz.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
+
+
+def prepare_scene(scene_dir: Path, out_file: Path, label_map: dict[str, int], align: bool = False) -> int:
+    """Prepare one raw scene into ``out_file``; returns its vertex count."""
+    raw = read_scene(scene_dir)
+    nyu40, instance = vertex_labels(raw, label_map)
+    semantic, inst = training_labels(nyu40, instance)
+    if raw.seg_indices is not None:
+        superpoint = np.unique(raw.seg_indices, return_inverse=True)[1].astype(np.int32)
+    else:
+        superpoint = np.full(len(raw.xyz), -1, np.int32)
+    normals = vertex_normals(raw.xyz, raw.faces)
+    xyz = raw.xyz
+    if align:
+        xyz = apply_alignment(xyz, raw.axis_alignment)
+        normals = (normals @ raw.axis_alignment[:3, :3].T).astype(np.float32)
+    with atomic_path(out_file) as tmp:
+        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz"
+            np.savez(
+                f, scene=raw.scene, xyz=xyz, rgb=raw.rgb, normals=normals, semantic=semantic,
+                instance=inst, superpoint=superpoint, nyu40=np.clip(nyu40, 0, 255).astype(np.uint8),
+                axis_alignment=raw.axis_alignment,
+            )
+    return len(xyz)
+
+
+def load_prepared(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a prepared scene into a plain dict of arrays."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    out["scene"] = str(out["scene"])
+    return out
+
+
+def list_scenes(scans_dir: Path, only: list[str] | None = None) -> list[Path]:
+    """Scene folders under ``scans/`` (optionally restricted to ``only``), sorted."""
+    if not scans_dir.is_dir():
+        raise FileNotFoundError(f"{scans_dir}: scans folder does not exist")
+    dirs = sorted(p for p in scans_dir.iterdir() if p.is_dir() and p.name.startswith("scene"))
+    if only is not None:
+        wanted = set(only)
+        dirs = [d for d in dirs if d.name in wanted]
+    return dirs
+
+
+@dataclass
+class BatchReport:
+    """What a batch command did: done / skipped / failed with one-line reasons."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    vertices: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self, verb: str = "prepared") -> str:
+        lines = [f"{verb} {len(self.done)}, skipped {len(self.skipped)} (already done), failed {len(self.failed)}"]
+        lines += [f"  FAILED {msg}" for msg in self.failed.values()]
+        return "\n".join(lines)
+
+
+def _prepare_job(args: tuple[Path, Path, dict[str, int], bool]) -> tuple[str, int, str | None]:
+    scene_dir, out_file, label_map, align = args
+    try:
+        return scene_dir.name, prepare_scene(scene_dir, out_file, label_map, align), None
+    except SceneError as e:
+        return scene_dir.name, 0, str(e)
+    except Exception as e:  # one broken scene must never stop the others
+        return scene_dir.name, 0, f"{scene_dir.name}: unexpected {type(e).__name__}: {e}"
+
+
+def run_batch(job, jobs: list, workers: int, desc: str, report: BatchReport) -> BatchReport:
+    """Run ``job`` over ``jobs`` (in a process pool when workers > 1) with a progress bar."""
+    bar = tqdm(total=len(jobs), desc=desc, unit="scene", dynamic_ncols=True, disable=None)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(job, jobs)
+            for result in results:
+                _collect(result, report, bar)
+    else:
+        for j in jobs:
+            _collect(job(j), report, bar)
+    bar.close()
+    return report
+
+
+def _collect(result: tuple[str, int, str | None], report: BatchReport, bar: tqdm) -> None:
+    scene, n, err = result
+    if err is None:
+        report.done.append(scene)
+        report.vertices += n
+    else:
+        report.failed[scene] = err
+        tqdm.write(f"error: {err}")
+    bar.update(1)
+
+
+def prepare_all(
+    scans_dir: str | Path,
+    out_dir: str | Path,
+    label_table: str | Path,
+    workers: int = 1,
+    align: bool = False,
+    scenes: list[str] | None = None,
+    overwrite: bool = False,
+) -> BatchReport:
+    """Prepare every scene of ``scans_dir`` into ``out_dir``; resumable, never stops on a bad scene."""
+    scans_dir, out_dir = Path(scans_dir), Path(out_dir)
+    label_map = read_label_table(label_table)
+    report = BatchReport()
+    jobs = []
+    for d in list_scenes(scans_dir, scenes):
+        out_file = out_dir / f"{d.name}{PREPARED_SUFFIX}"
+        if out_file.is_file() and not overwrite:
+            report.skipped.append(d.name)
+            continue
+        jobs.append((d, out_file, label_map, align))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return run_batch(_prepare_job, jobs, max(1, min(workers, os.cpu_count() or 1)), "prepare", report)

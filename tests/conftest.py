@@ -1,0 +1,37 @@
+"""Shared fixtures: a small synthetic ScanNet download, prepared once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scannet_tools.prepare import prepare_all
+from scannet_tools.synth import synthesize
+
+N_SCENES = 3
+
+
+@pytest.fixture(scope="session")
+def raw_root(tmp_path_factory) -> Path:
+    """A synthetic ScanNet root (scans/ + label table) with small scenes."""
+    root = tmp_path_factory.mktemp("scannet")
+    synthesize(root, N_SCENES, seed=7, small=True, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(raw_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    report = prepare_all(raw_root / "scans", out, raw_root / "scannetv2-labels.combined.tsv")
+    assert report.ok, report.summary()
+    return out
+
+
+@pytest.fixture
+def raw_copy(raw_root, tmp_path) -> Path:
+    """A private copy of the synthetic root that a test may corrupt."""
+    dst = tmp_path / "scannet"
+    shutil.copytree(raw_root, dst)
+    return dst
