@@ -112,8 +112,9 @@ def run_case(case: str, device: torch.device) -> dict:
         seed = torch.randn(n, 18, device=device, requires_grad=True)
         semlog = torch.randn(n, 20, device=device, requires_grad=True)
         if kind.startswith("prob"):
-            chunk = n if kind.endswith("dense") else 8192
-            fn = lambda: probabilistic_loss(mu, ls, score, semlog, sem, inst, cls, chunk=chunk)["total"].backward()  # noqa: E731
+            elements = n * k if kind.endswith("dense") else 1 << 20
+            fn = lambda: probabilistic_loss(mu, ls, score, semlog, sem, inst, cls,  # noqa: E731
+                                            chunk_elements=elements)["total"].backward()
         else:
             elements = n * k if kind.endswith("dense") else 1 << 20
             fn = lambda: margin_loss(mu, ls, seed, semlog, sem, inst, cls,  # noqa: E731

@@ -107,7 +107,9 @@ def read_mesh(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
             rgb = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8)
             faces = np.zeros((0, 3), np.int64)
             if "face" in ply and len(ply["face"].data):
-                fi = ply["face"].data["vertex_indices"]
+                face = ply["face"]
+                name = "vertex_indices" if "vertex_indices" in face.data.dtype.names else face.properties[0].name
+                fi = face.data[name]
                 if fi.dtype == object:
                     if any(len(t) != 3 for t in fi):
                         raise SceneError(scene, path, "mesh has faces that are not triangles")
@@ -219,31 +221,40 @@ def read_scene(scene_dir: str | Path) -> RawScene:
 def vertex_labels(raw: RawScene, label_map: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """Per-vertex NYU40 label and instance id (objectId + 1), 0 where unannotated.
 
-    Follows ScanNet's ``export_train_mesh_for_evaluation.py``: semantic labels are painted
-    label by label in the order each raw category first appears, instance ids group by
-    group in file order, so a segment shared by two groups ends as the later one's.
-    Unknown raw categories raise :class:`SceneError`.
+    Reproduces ScanNet's ``export_train_mesh_for_evaluation.py`` (run under Python 3)
+    exactly, including its corner cases: semantic labels are painted label by label in the
+    order each raw category first appears; instance ids are painted object by object in
+    the order each objectId first appears, an objectId listed twice keeps only its last
+    segment list, and the first object of each raw category also holds the segments of
+    the later objects of that category (the script extends that list in place) before they
+    repaint their own. The bookkeeping runs on the few dozen segment lists; the painting
+    is array indexing. Unknown raw categories raise :class:`SceneError`.
     """
     n = len(raw.xyz)
     nyu40 = np.zeros(n, dtype=np.int64)
     instance = np.zeros(n, dtype=np.int64)
     if not raw.annotated:
         return nyu40, instance
+    object_segs: dict[int, list] = {}
+    label_segs: dict[str, list] = {}
+    for g in raw.seg_groups:
+        label, segs = g["label"], list(g["segments"])  # a private list, aliased below as in the script
+        if label not in label_map:
+            raise SceneError(raw.scene, f"{raw.scene}.aggregation.json",
+                             f"unknown raw category {label!r} (not in the label table)")
+        object_segs[int(g["objectId"]) + 1] = segs
+        if label in label_segs:
+            label_segs[label].extend(segs)
+        else:
+            label_segs[label] = segs
     # Segment id -> position among the sorted unique ids, so painting is array indexing.
     uniq, seg_pos = np.unique(raw.seg_indices, return_inverse=True)
     seg_label = np.zeros(len(uniq), dtype=np.int64)
     seg_instance = np.zeros(len(uniq), dtype=np.int64)
-    label_order: dict[str, list[np.ndarray]] = {}
-    for g in raw.seg_groups:
-        label = g["label"]
-        if label not in label_map:
-            raise SceneError(raw.scene, f"{raw.scene}.aggregation.json",
-                             f"unknown raw category {label!r} (not in the label table)")
-        pos = np.searchsorted(uniq, np.asarray(g["segments"], dtype=np.int64))
-        label_order.setdefault(label, []).append(pos)
-        seg_instance[pos] = int(g["objectId"]) + 1
-    for label, positions in label_order.items():
-        seg_label[np.concatenate(positions)] = label_map[label]
+    for label, segs in label_segs.items():
+        seg_label[np.searchsorted(uniq, np.asarray(segs, dtype=np.int64))] = label_map[label]
+    for object_id, segs in object_segs.items():
+        seg_instance[np.searchsorted(uniq, np.asarray(segs, dtype=np.int64))] = object_id
     nyu40[:] = seg_label[seg_pos]
     instance[:] = seg_instance[seg_pos]
     return nyu40, instance

@@ -19,6 +19,7 @@
 #   MINKSEG_SKIP_APT=1   do not touch Debian packages
 #   MINKSEG_NO_DEPS=1    install minkseg without its PyPI dependencies (offline machines)
 #   MINKSEG_REBUILD=1    rebuild MinkowskiEngine even if a cached wheel exists
+#   MINKSEG_BLAS         openblas | blas | mkl | atlas (default: openblas if found, else blas)
 #   MAX_JOBS             parallel compile jobs for the MinkowskiEngine build
 set -euo pipefail
 
@@ -110,7 +111,14 @@ else
     trap 'rm -rf "$build"' EXIT
     tar -xzf "$sdist" -C "$build"
     src="$build/MinkowskiEngine-$ME_VERSION"
-    flags=(--blas=openblas)
+    # OpenBLAS where present (installed above on Debian); reference BLAS otherwise (offline GPU boxes).
+    blas="${MINKSEG_BLAS:-}"
+    if [[ -z "$blas" ]]; then
+      if ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so'; then blas=openblas
+      elif ldconfig -p 2>/dev/null | grep -q 'libblas\.so'; then blas=blas
+      else blas=openblas; fi
+    fi
+    flags=(--blas="$blas")
     if [[ "$TORCH_CUDA" == cpu ]]; then
       flags+=(--cpu_only)
     else
@@ -124,10 +132,16 @@ else
         done
       fi
       flags+=(--force_cuda)
+      # CUDA 13 keeps thrust/CUB under include/cccl, which nvcc finds but the host C++
+      # compiler (for MinkowskiEngine's .cpp files that include thrust) does not.
+      cuda_home=$("$PY" -c 'from torch.utils.cpp_extension import CUDA_HOME; print(CUDA_HOME or "")')
+      if [[ -n "$cuda_home" && -d "$cuda_home/include/cccl" ]]; then
+        export CPLUS_INCLUDE_PATH="$cuda_home/include/cccl${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
+      fi
       export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch;c=torch.cuda;print("%d.%d"%c.get_device_capability() if c.is_available() else "8.0;9.0")')}"
     fi
     export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-    log "building MinkowskiEngine $ME_VERSION (${flags[*]}, MAX_JOBS=$MAX_JOBS); a cold CPU build takes ~17 min on 2 cores"
+    log "building MinkowskiEngine $ME_VERSION (${flags[*]}, MAX_JOBS=$MAX_JOBS); a few minutes"
     # torch's cpp_extension needs the stdlib distutils where one exists (Python < 3.12);
     # later Pythons only have setuptools' own.
     distutils=local; "$PY" -c 'import sys; sys.exit(sys.version_info >= (3, 12))' && distutils=stdlib

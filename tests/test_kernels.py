@@ -14,7 +14,14 @@ from minkseg.losses.kernels import (
     log_bhattacharyya_kernel,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Reference values in double precision, without leaking the default to other modules."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _gauss(x, mu, sigma):

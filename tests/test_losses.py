@@ -13,7 +13,14 @@ from minkseg.losses.probabilistic import (
     score_targets,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Reference values in double precision, without leaking the default to other modules."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def planted(n_per=60, k=4, spread=0.02, seed=0):
@@ -44,8 +51,8 @@ def test_chunked_sums_equal_unchunked_and_gradients_agree():
     mu = (x + 0.1 * torch.randn_like(x)).requires_grad_()
     ls = torch.full_like(x, -1.0).requires_grad_()
     grads = []
-    for chunk in (7, 100000):
-        t = instance_loss(mu, ls, inst, 4, chunk=chunk)
+    for chunk_elements in (7 * 4, 1 << 22):  # 7-row blocks with checkpointing, then one block
+        t = instance_loss(mu, ls, inst, 4, chunk_elements=chunk_elements)
         (t.ins_ce + t.log_dice).backward()
         grads.append((mu.grad.clone(), ls.grad.clone(), float(t.ins_ce), float(t.log_dice)))
         mu.grad, ls.grad = None, None
@@ -58,7 +65,7 @@ def test_pair_sums_match_dense_matrix():
     g = torch.Generator().manual_seed(3)
     mu, ls = torch.randn(30, 3, generator=g), torch.randn(30, 3, generator=g) * 0.3
     mu_hat, ls_hat = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g) * 0.3
-    neg, kern = chunked_pair_sums(mu, ls, mu_hat, ls_hat, chunk=4)
+    neg, kern = chunked_pair_sums(mu, ls, mu_hat, ls_hat, chunk_elements=4 * 5)
     s_i, s_j = ls.exp()[:, None], ls_hat.exp()[None]
     beta = (0.5 * (s_i / s_j + s_j / s_i)).prod(-1) ** -0.5
     k = beta * torch.exp(-((mu[:, None] - mu_hat[None]) ** 2 / (4 * (s_i**2 + s_j**2))).sum(-1))

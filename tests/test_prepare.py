@@ -229,3 +229,47 @@ def test_cli_export_gt_and_split_filter(raw_root, tmp_path, capsys):
     assert main(["export-gt", "--scans", str(raw_root / "scans"), "--out", str(tmp_path), "--split", "val"]) == 0
     val = (raw_root / "scannetv2_val.txt").read_text().split()
     assert sorted(p.stem for p in (tmp_path / "semantic").glob("*.txt")) == sorted(val)
+
+
+def _official_export(seg_indices, groups, label_map):
+    """Plain transcription of the rules of ScanNet's export_train_mesh_for_evaluation.py (Python 3)."""
+    object_id_to_segs, label_to_segs = {}, {}
+    for g in groups:
+        object_id, label, segs = g["objectId"] + 1, g["label"], g["segments"]
+        object_id_to_segs[object_id] = segs
+        if label in label_to_segs:
+            label_to_segs[label].extend(segs)
+        else:
+            label_to_segs[label] = segs
+    seg_to_verts = {}
+    for i, s in enumerate(seg_indices):
+        seg_to_verts.setdefault(s, []).append(i)
+    label_ids = np.zeros(len(seg_indices), np.int64)
+    for label, segs in label_to_segs.items():
+        for seg in segs:
+            label_ids[seg_to_verts[seg]] = label_map[label]
+    instance_ids = np.zeros(len(seg_indices), np.int64)
+    for object_id, segs in object_id_to_segs.items():
+        for seg in segs:
+            instance_ids[seg_to_verts[seg]] = object_id
+    return label_ids, instance_ids
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vertex_labels_match_the_official_rules_on_odd_aggregations(raw_root, seed):
+    """Repeated objectIds, shared segments and repeated categories, as an independent export could write."""
+    rng = np.random.default_rng(seed)
+    raw = read_scene(raw_root / "scans" / SCENE)
+    label_map = read_label_table(raw_root / "scannetv2-labels.combined.tsv")
+    segs = np.unique(raw.seg_indices)
+    names = ["chair", "table", "chair", "wall", "door", "office chair"]
+    groups = []
+    for _ in range(12):
+        groups.append({"objectId": int(rng.integers(0, 8)), "label": str(rng.choice(names)),
+                       "segments": rng.choice(segs, size=int(rng.integers(1, 20)), replace=False).tolist()})
+    raw.seg_groups = [dict(g, segments=list(g["segments"])) for g in groups]
+    ours = vertex_labels(raw, label_map)
+    ref = _official_export(raw.seg_indices.tolist(), [dict(g, segments=list(g["segments"])) for g in groups],
+                           label_map)
+    np.testing.assert_array_equal(ours[0], ref[0])
+    np.testing.assert_array_equal(ours[1], ref[1])

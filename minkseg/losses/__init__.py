@@ -15,7 +15,7 @@ from .probabilistic import ProbabilisticLossWeights, probabilistic_loss
 
 def batch_loss(out: ModelOutput, batch: VoxelBatch,
                weights: ProbabilisticLossWeights | MarginLossWeights | None = None,
-               chunk: int = 65536) -> dict[str, torch.Tensor]:
+               chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
     """Mean over the batch's scenes of the per-scene loss of the model's instance head.
 
     Scenes are separated because voxel coordinates of different scenes overlap and their
@@ -34,11 +34,11 @@ def batch_loss(out: ModelOutput, batch: VoxelBatch,
         if isinstance(head, ProbabilisticOutput):
             t = probabilistic_loss(head.mu[rows], head.log_sigma[rows], head.score_logits[rows],
                                    out.semantic_logits[rows], batch.semantic[rows], inst, cls,
-                                   weights or ProbabilisticLossWeights(), chunk=chunk)
+                                   weights or ProbabilisticLossWeights(), chunk_elements=chunk_elements)
         elif isinstance(head, MarginOutput):
             t = margin_loss(head.embedding[rows], head.sigma_logit[rows], head.seed_logits[rows],
                             out.semantic_logits[rows], batch.semantic[rows], inst, cls,
-                            weights or MarginLossWeights())
+                            weights or MarginLossWeights(), chunk_elements=chunk_elements)
         else:
             raise TypeError(f"unknown instance head output {type(head).__name__}")
         for name, v in t.items():

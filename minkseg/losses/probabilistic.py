@@ -2,9 +2,10 @@
 
 All functions take the voxels of *one* scene (embeddings of different scenes share
 coordinates and must never be compared) and are pure tensor math. The N x K
-voxel-instance kernel matrix is never held whole: it is built ``chunk`` rows at a time,
-and under autograd each chunk is recomputed in the backward pass (checkpointing), so
-memory stays O(chunk * K) however large N * K is.
+voxel-instance kernel matrix is never held whole once it exceeds ``chunk_elements``: it is
+then built in row blocks of about that many pairs, and under autograd each block is
+recomputed in the backward pass (checkpointing), so memory stays O(chunk_elements)
+however large N * K is. Below the budget one block is computed directly (no recompute).
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def _pair_sums(mu: torch.Tensor, log_sigma: torch.Tensor, mu_hat: torch.Tensor, 
 
 
 def chunked_pair_sums(mu: torch.Tensor, log_sigma: torch.Tensor, mu_hat: torch.Tensor, ls_hat: torch.Tensor,
-                      chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_pair_sums` over all N rows, ``chunk`` rows at a time, O(chunk * K) memory."""
+                      chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_pair_sums` over all N x K pairs in row blocks of ~``chunk_elements`` pairs."""
+    chunk = max(1, chunk_elements // max(len(mu_hat), 1))
+    if chunk >= len(mu):
+        return _pair_sums(mu, log_sigma, mu_hat, ls_hat)
     neg = mu.new_zeros(())
     kern = mu.new_zeros(())
     grad = torch.is_grad_enabled() and (mu.requires_grad or log_sigma.requires_grad)
@@ -49,7 +53,7 @@ class InstanceLossTerms:
 
 
 def instance_loss(mu: torch.Tensor, log_sigma: torch.Tensor, instance: torch.Tensor, num_instances: int,
-                  chunk: int = 65536) -> InstanceLossTerms:
+                  chunk_elements: int = 1 << 22) -> InstanceLossTerms:
     """L_InsCE (Eq. 4) and the log-Dice term of Eq. (5) for one scene.
 
     ``instance[i]`` is z_i in 0..K-1, or -1 for voxels in no instance (they are negatives
@@ -63,7 +67,7 @@ def instance_loss(mu: torch.Tensor, log_sigma: torch.Tensor, instance: torch.Ten
     fg = instance >= 0
     # the voxels' own pairs, O(N): kappa(e_i, c_{z_i})
     log_own = log_bhattacharyya_kernel(mu[fg], log_sigma[fg], mu_hat[instance[fg]], ls_hat[instance[fg]])
-    neg_all, kern_all = chunked_pair_sums(mu, log_sigma, mu_hat, ls_hat, chunk)
+    neg_all, kern_all = chunked_pair_sums(mu, log_sigma, mu_hat, ls_hat, chunk_elements)
     # Eq. (4): own pairs take -log kappa, all others -log(1 - kappa); the chunked sum
     # counted the own pairs as negatives, so swap their term.
     bce = (neg_all + (-log_own + log1mexp(log_own)).sum()) / (n * k)
@@ -117,7 +121,7 @@ class ProbabilisticLossWeights:
 def probabilistic_loss(mu: torch.Tensor, log_sigma: torch.Tensor, score_logits: torch.Tensor,
                        semantic_logits: torch.Tensor, semantic: torch.Tensor, instance: torch.Tensor,
                        instance_class: torch.Tensor, weights: ProbabilisticLossWeights | None = None,
-                       ignore_index: int = -100, chunk: int = 65536) -> dict[str, torch.Tensor]:
+                       ignore_index: int = -100, chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
     """Eq. (15) plus semantic cross-entropy, for one scene.
 
     L = w_ins (L_InsCE + L_logDice) + w_score L_Score + w_ent L_Reg + w_sem L_CE.
@@ -127,7 +131,7 @@ def probabilistic_loss(mu: torch.Tensor, log_sigma: torch.Tensor, score_logits: 
     weights = weights or ProbabilisticLossWeights()
     known = semantic != ignore_index
     k = len(instance_class)
-    terms = instance_loss(mu[known], log_sigma[known], instance[known], k, chunk)
+    terms = instance_loss(mu[known], log_sigma[known], instance[known], k, chunk_elements)
     q = score_targets(terms.own_kernel, instance[known], instance_class, score_logits.shape[1] - 1)
     out = {
         "ins_ce": terms.ins_ce,
