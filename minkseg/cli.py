@@ -7,6 +7,7 @@ Heavy imports (torch, MinkowskiEngine) happen inside the subcommands that need t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,110 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.deterministic:
+        # must precede the first torch import: MinkowskiEngine's CPU kernel maps are built by
+        # OpenMP threads in arrival order, and only this variable pins their number
+        os.environ["OMP_NUM_THREADS"] = "1"
+    from minkseg.config import load_config
+    from minkseg.train import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, resume=args.resume, device=args.device)
+    print(f"run {cfg.run_dir}: {len(trainer.train_scenes)} labelled training scenes, {len(trainer.val_scenes)} "
+          f"validation scenes, {cfg.model.backbone} + {cfg.model.head} head on {trainer.device}")
+    ckpt = trainer.fit(max_steps=args.max_steps)
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from minkseg.evaluate import evaluate_dirs, format_metrics, write_json
+
+    t0 = time.time()
+    if args.pred is not None:
+        if args.gt is None:
+            raise ValueError("--pred needs --gt (a folder written by minkseg export-gt)")
+        metrics = evaluate_dirs(args.pred, args.gt)
+    else:
+        if args.checkpoint is None:
+            raise ValueError("give --checkpoint CKPT (with --split), or --pred DIR --gt DIR")
+        from minkseg.train import evaluate_model, load_checkpoint, split_scenes
+
+        model, cfg, _ = load_checkpoint(args.checkpoint, args.device or "cpu")
+        if args.prepared:
+            cfg.data.prepared = str(args.prepared)
+        if args.root:
+            cfg.data.root = str(args.root)
+        metrics = evaluate_model(model, cfg, split_scenes(cfg, args.split), args.device or "cpu", progress=True)
+    print(format_metrics(metrics))
+    print(f"evaluated in {time.time() - t0:.1f} s")
+    if args.json:
+        write_json(metrics, args.json)
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _split_vertex_counts(scans: Path, split: str) -> dict[str, int]:
+    from scannet_tools.reader import ScenePaths, mesh_vertex_count
+    from scannet_tools.splits import resolve_split
+
+    counts = {}
+    for name in resolve_split(split, scans.parent):
+        counts[name] = mesh_vertex_count(ScenePaths(scans / name).mesh, name)
+    return counts
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+    from tqdm import tqdm
+
+    from minkseg.inference import predict_scene
+    from minkseg.submission import validate_submission, write_scene_submission, zip_submission
+    from minkseg.train import load_checkpoint
+    from scannet_tools.labels import find_label_table
+    from scannet_tools.prepare import load_prepared, prepare_all
+    from scannet_tools.splits import resolve_split
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, _ = load_checkpoint(args.checkpoint, device)
+    scenes = resolve_split(args.split, args.scans.parent)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="minkseg-predict-") as tmp:
+        # the scenes go through the same prepare step as training data (unannotated test scans included)
+        report = prepare_all(args.scans, tmp, find_label_table(args.scans, args.labels), workers=args.workers,
+                             align=args.align, scenes=scenes)
+        if report.failed:
+            print(report.summary("prepared"))
+            return 1
+        masks = 0
+        for name in tqdm(scenes, desc="predict", unit="scene", disable=None):
+            pred = predict_scene(model, load_prepared(Path(tmp) / f"{name}.npz"), cfg, device)
+            masks += write_scene_submission(pred, args.out, args.max_masks, args.min_score)
+    print(f"wrote {len(scenes)} scenes, {masks} instance masks to {args.out} in {time.time() - t0:.1f} s")
+    check = validate_submission(args.out, _split_vertex_counts(args.scans, args.split))
+    if not check.ok:
+        print("\n".join(check.problems))
+        return 1
+    if args.zip:
+        for z in zip_submission(args.out):
+            print(f"archive {z} ({z.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_validate_submission(args: argparse.Namespace) -> int:
+    from minkseg.submission import validate_submission
+
+    report = validate_submission(args.submission, _split_vertex_counts(args.scans, args.split))
+    for p in report.problems:
+        print(p)
+    print(f"{'OK' if report.ok else 'INVALID'}: {report.scenes} scenes, {report.masks} masks checked, "
+          f"{len(report.problems)} problems")
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from minkseg.demo import run_demo
 
@@ -132,6 +237,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scans_args(p)
     p.add_argument("--out", required=True, type=Path, help="ground-truth folder")
     p.set_defaults(func=cmd_export_gt)
+
+    p = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train from a YAML config in configs/ with dotted overrides, e.g. "
+                                   "`minkseg train configs/synthetic_margin.yaml train.epochs=10 name=try1`. "
+                                   "The run folder runs/<name>/ holds config.yaml, last.pth, best.pth, val/*.json "
+                                   "and TensorBoard logs (tensorboard --logdir runs).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=0.01 model.head=margin")
+    p.add_argument("--resume", action="store_true", help="continue runs/<name>/last.pth exactly where it stopped")
+    p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
+    p.add_argument("--deterministic", action="store_true",
+                   help="bitwise-reproducible CPU training (one OpenMP thread for MinkowskiEngine; slower)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="ScanNet benchmark metrics (AP, AP50, AP25, mIoU)",
+                       description="Either run a checkpoint on a split of prepared scenes, or read benchmark-format "
+                                   "predictions (--pred DIR with semantic/ and/or instance/) against official-format "
+                                   "ground truth (--gt DIR from minkseg export-gt). The numbers are those of ScanNet's "
+                                   "evaluate_semantic_instance.py and evaluate_semantic_label.py.")
+    p.add_argument("--checkpoint", type=Path, help="a .pth written by minkseg train")
+    p.add_argument("--split", default="val", help="split of the checkpoint's prepared data (default: val)")
+    p.add_argument("--prepared", type=Path, help="override the prepared folder stored in the checkpoint")
+    p.add_argument("--root", type=Path, help="override the dataset root (split lists) stored in the checkpoint")
+    p.add_argument("--pred", type=Path, help="benchmark-format predictions folder")
+    p.add_argument("--gt", type=Path, help="official-format ground-truth folder")
+    p.add_argument("--json", type=Path, help="write the metrics as JSON (fractions in [0, 1], null for NaN)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="benchmark submission files from a checkpoint",
+                       description="Run a checkpoint on the raw scans of a split and write the official submission "
+                                   "layout: OUT/semantic/<scene>.txt and OUT/instance/<scene>.txt with masks in "
+                                   "OUT/instance/predicted_masks/. The result is validated before the command ends.")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--scans", required=True, type=Path, help="raw scans/ folder (e.g. ScanNet/scans_test)")
+    p.add_argument("--split", default="test", help="split to predict (default: test)")
+    p.add_argument("--out", required=True, type=Path, help="submission folder")
+    p.add_argument("--labels", type=Path, default=None, help="label table (default: next to scans/)")
+    p.add_argument("--zip", action="store_true", help="also write semantic.zip and instance.zip (no root folder)")
+    p.add_argument("--max-masks", type=int, default=0, help="keep at most this many masks per scene (0: all)")
+    p.add_argument("--min-score", type=float, default=0.0, help="drop masks below this confidence")
+    p.add_argument("--align", action="store_true", help="apply axisAlignment (use if the model was trained so)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("validate-submission", help="check a submission folder against every format rule",
+                       description="Every scene of the split present, line counts equal to vertex counts, valid "
+                                   "NYU40 ids, binary masks, relative mask paths inside the folder, numeric "
+                                   "confidences. All problems are listed at once; exit status 1 if any.")
+    p.add_argument("submission", type=Path)
+    p.add_argument("--scans", required=True, type=Path, help="raw scans/ folder, for the vertex counts")
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=cmd_validate_submission)
 
     p = sub.add_parser("check", help="self-check: one sparse convolution forward and backward",
                        description="Import MinkowskiEngine (through minkseg's one import shim), run one sparse "

@@ -75,8 +75,10 @@ class RawScene:
         return self.seg_indices is not None and bool(self.seg_groups)
 
 
-def _ply_vertex_count(path: Path, scene: str) -> int:
-    """Vertex count from a PLY header alone (cheap check of labels.ply)."""
+def mesh_vertex_count(path: Path, scene: str) -> int:
+    """Vertex count from a PLY header alone (cheap check of labels.ply, submission line counts)."""
+    if not path.is_file():
+        raise SceneError(scene, path, "file is missing")
     with open(path, "rb") as f:
         for _ in range(64):
             line = f.readline()
@@ -181,7 +183,7 @@ def read_scene(scene_dir: str | Path) -> RawScene:
         missing = paths.aggregation if has_segs else paths.segs
         raise SceneError(scene, missing, "file is missing (the scene has the other annotation file)")
     if paths.labels_mesh.is_file():
-        m = _ply_vertex_count(paths.labels_mesh, scene)
+        m = mesh_vertex_count(paths.labels_mesh, scene)
         if m != n:
             raise SceneError(scene, paths.labels_mesh, f"has {m} vertices, the mesh has {n}")
     if not has_segs:

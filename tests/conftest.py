@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import os
 
-import pytest
+# Bitwise-reproducible training (the resume test compares weights exactly): MinkowskiEngine's
+# CPU kernel maps are filled by OpenMP threads in arrival order, which only OMP_NUM_THREADS,
+# set before torch loads its OpenMP runtime, pins down.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from scannet_tools.prepare import prepare_all
-from scannet_tools.synth import synthesize
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from scannet_tools.prepare import prepare_all  # noqa: E402
+from scannet_tools.synth import synthesize  # noqa: E402
 
 N_SCENES = 3
 

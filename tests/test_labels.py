@@ -14,7 +14,7 @@ from scannet_tools.labels import (
     train_id_to_nyu40,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "scannet"
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def test_hand_checked_rows_of_the_current_table():
@@ -28,10 +28,7 @@ def test_hand_checked_rows_of_the_current_table():
 
 
 def test_old_table_still_has_stick(tmp_path):
-    old = SHARED / "scannetv2-labels-old.combined.tsv"
-    if not old.is_file():
-        pytest.skip("old label table not present in ../shared")
-    m = read_label_table(old)
+    m = read_label_table(DATA / "scannetv2-labels-old.combined.tsv")
     assert m["stick"] == 40 and m["chair"] == 5
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 class AugmentConfig:
     rotate_z: bool = True  # uniform rotation about the vertical axis
     flip: bool = True  # random mirror in x and/or y
-    scale: tuple[float, float] = (0.9, 1.1)
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
     jitter_std: float = 0.005  # metres, per vertex
     color_jitter_std: float = 0.05  # in [0, 1] colour units
     elastic: bool = False  # MinkowskiEngine-example style elastic distortion (slow on big scenes)

@@ -1,0 +1,177 @@
+"""One config system: YAML files in ``configs/`` loaded into typed dataclasses, with dotted
+``key=value`` overrides from the command line (``train.lr=0.01 model.head=margin``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from minkseg.data.augment import AugmentConfig
+from minkseg.losses.margin import MarginLossWeights
+from minkseg.losses.probabilistic import ProbabilisticLossWeights
+
+
+@dataclass
+class DataConfig:
+    prepared: str = "data/prepared"  # folder of minkseg prepare outputs
+    root: str = ""  # raw dataset root (holds scannetv2_<split>.txt for the synthetic dataset)
+    train_split: str = "train"  # train / val / test, a split file or scene ids
+    val_split: str = "val"
+    voxel_size: float = 0.02
+    use_normals: bool = False
+    # limited labels: a shipped limited-reconstruction list (1, 5, 10, 20), or a ratio and seed
+    label_list: int = 0
+    label_ratio: float = 1.0
+    label_seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "MinkUNet34C"
+    head: str = "probabilistic"  # probabilistic | margin
+    anisotropic: bool = True
+    heteroscedastic: bool = True
+    embedding_unit: float = 1.0  # metres per embedding unit (mu = x / unit + tanh(o))
+
+
+@dataclass
+class LossConfig:
+    probabilistic: ProbabilisticLossWeights = field(default_factory=ProbabilisticLossWeights)
+    margin: MarginLossWeights = field(default_factory=MarginLossWeights)
+    chunk_elements: int = 1 << 22  # voxel-instance pairs per block of the pairwise terms
+
+
+@dataclass
+class ClusterConfig:
+    tau_probabilistic: float = 0.35  # Sec. 3.4
+    tau_margin: float = 0.5  # Neven et al.
+    seed_threshold: float = 0.5
+    min_size: int = 20  # voxels
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 4
+    lr: float = 1e-3  # Adam, as in A.2
+    weight_decay: float = 1e-4
+    lr_milestones: list[int] = field(default_factory=list)  # epochs where lr *= lr_gamma
+    lr_gamma: float = 0.5
+    seed: int = 0
+    val_every: int = 5  # epochs; 0 disables validation
+    select_metric: str = "AP50"  # best checkpoint by this instance metric (mAP, AP50, AP25) or mIoU
+    log_every: int = 10  # steps between TensorBoard scalars
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value, typ, where: str):
+    """Check/convert a YAML value to the annotated field type."""
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(typ, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(typ) or (object,)
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if typ in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ is int and isinstance(value, float)
+                                                                             and not value.is_integer()):
+            raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+        return typ(value)
+    if typ is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict, where: str = "config"):
+    """Build dataclass ``cls`` from a dict; unknown keys are errors that list the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """``a.b.c=value`` into a nested dict; the value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not key=value")
+    key, raw = override.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- overrides, validated into :class:`Config`."""
+    data = to_dict(Config())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        _merge(data, loaded)
+    for o in overrides:
+        apply_override(data, o)
+    return from_dict(Config, data)
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from scannet_tools.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,148 @@
+"""Benchmark submission files: writing (``minkseg predict``) and checking (``minkseg validate-submission``).
+
+Layout (ScanNet benchmark documentation)::
+
+    SUB/semantic/<scene>.txt                 one NYU40 id per mesh vertex
+    SUB/instance/<scene>.txt                 lines "predicted_masks/<scene>_<k>.txt <nyu40 id> <confidence>"
+    SUB/instance/predicted_masks/<scene>_<k>.txt   one 0/1 per mesh vertex
+
+``--zip`` writes ``semantic.zip`` and ``instance.zip`` whose entries have no root folder.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minkseg.inference import ScenePrediction
+from scannet_tools.io import atomic_path, write_ids, write_text_atomic
+from scannet_tools.labels import INSTANCE_NYU40_IDS
+
+MASK_DIR = "predicted_masks"
+
+
+def write_scene_submission(pred: ScenePrediction, out: Path, max_masks: int = 0, min_score: float = 0.0) -> int:
+    """Write one scene's semantic and instance files; returns the number of masks written.
+
+    ``max_masks`` (0: all) keeps the highest-confidence masks, ``min_score`` drops
+    low-confidence ones: both keep archives small without touching the semantic file.
+    """
+    write_ids(out / "semantic" / f"{pred.scene}.txt", pred.semantic_nyu40)
+    inst = sorted(pred.instances, key=lambda p: -p.confidence)
+    inst = [p for p in inst if p.confidence >= min_score]
+    if max_masks:
+        inst = inst[:max_masks]
+    lines = []
+    for k, p in enumerate(inst):
+        rel = f"{MASK_DIR}/{pred.scene}_{k:03d}.txt"
+        write_ids(out / "instance" / rel, np.asarray(p.mask, bool).astype(np.int64))
+        lines.append(f"{rel} {int(p.label_id)} {p.confidence:.6f}")
+    write_text_atomic(out / "instance" / f"{pred.scene}.txt", "".join(line + "\n" for line in lines))
+    return len(inst)
+
+
+def zip_submission(out: Path) -> list[Path]:
+    """``out/semantic.zip`` and ``out/instance.zip`` holding the folders' contents at the archive root."""
+    written = []
+    for part in ("semantic", "instance"):
+        src = out / part
+        with atomic_path(out / f"{part}.zip") as tmp:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted(src.rglob("*.txt")):
+                    z.write(f, f.relative_to(src).as_posix())
+        written.append(out / f"{part}.zip")
+    return written
+
+
+@dataclass
+class ValidationReport:
+    problems: list[str] = field(default_factory=list)
+    scenes: int = 0
+    masks: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_ids(path: Path, n: int, allowed: set[int] | None, report: ValidationReport, what: str) -> None:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        report.problems.append(f"{path}: cannot read ({e.strerror})")
+        return
+    lines = text.splitlines()
+    if len(lines) != n:
+        report.problems.append(f"{path}: {len(lines)} lines, the mesh has {n} vertices")
+    bad = [i + 1 for i, s in enumerate(lines) if not s.strip().lstrip("-").isdigit()]
+    if bad:
+        report.problems.append(f"{path}: line {bad[0]} is not an integer ({len(bad)} such lines)")
+        return
+    if allowed is not None and lines:
+        values = set(np.unique(np.asarray(lines, dtype=np.int64)).tolist())
+        extra = sorted(values - allowed)
+        if extra:
+            allowed_text = sorted(allowed) if len(allowed) < 5 else "the NYU40 ids 0..40"
+            report.problems.append(f"{path}: {what} values outside {allowed_text}: {extra[:5]}")
+
+
+def validate_submission(sub: str | Path, vertex_counts: dict[str, int]) -> ValidationReport:
+    """Check every rule of the submission format; collect all problems instead of stopping at one."""
+    sub = Path(sub)
+    report = ValidationReport()
+    sem_dir, inst_dir = sub / "semantic", sub / "instance"
+    if not sem_dir.is_dir() and not inst_dir.is_dir():
+        report.problems.append(f"{sub}: has neither semantic/ nor instance/ (files must not sit in a root folder)")
+        return report
+    semantic_ids = set(range(41))  # any NYU40 id (0: none); non-benchmark ids are legal, just wrong
+    for d in (sem_dir, inst_dir):
+        if not d.is_dir():
+            continue
+        present = {p.stem for p in d.glob("*.txt")}
+        for scene in sorted(set(vertex_counts) - present):
+            report.problems.append(f"{d}: missing {scene}.txt")
+        for scene in sorted(present - set(vertex_counts)):
+            report.problems.append(f"{d}/{scene}.txt: not a scene of this split")
+    for scene, n in sorted(vertex_counts.items()):
+        report.scenes += 1
+        f = sem_dir / f"{scene}.txt"
+        if f.is_file():
+            _check_ids(f, n, semantic_ids, report, "label")
+        f = inst_dir / f"{scene}.txt"
+        if not f.is_file():
+            continue
+        for lineno, line in enumerate(f.read_text().splitlines(), 1):
+            where = f"{f}:{lineno}"
+            parts = line.split(" ")
+            if len(parts) != 3:
+                report.problems.append(f"{where}: expected 'relative/mask.txt label_id confidence' (single spaces)")
+                continue
+            rel, label, conf = parts
+            if Path(rel).is_absolute():
+                report.problems.append(f"{where}: mask path {rel} is absolute; it must be relative")
+                continue
+            mask = (f.parent / rel).resolve()
+            if not mask.is_relative_to(inst_dir.resolve()):
+                report.problems.append(f"{where}: mask path {rel} points outside {inst_dir}")
+                continue
+            try:
+                label_ok = float(label).is_integer() and int(float(label)) in INSTANCE_NYU40_IDS
+            except ValueError:
+                label_ok = False
+            if not label_ok:
+                report.problems.append(f"{where}: label {label!r} is not one of the 18 instance class ids")
+            try:
+                c = float(conf)
+                if c != c:
+                    raise ValueError
+            except ValueError:
+                report.problems.append(f"{where}: confidence {conf!r} is not a number")
+            if not mask.is_file():
+                report.problems.append(f"{where}: mask file {rel} does not exist")
+                continue
+            report.masks += 1
+            _check_ids(mask, n, {0, 1}, report, "mask")
+    return report
