@@ -188,10 +188,37 @@ def cmd_validate_submission(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from minkseg.compare import compare_runs
+
+    results = compare_runs(args.runs, args.out, args.split, args.prepared and str(args.prepared),
+                           args.root and str(args.root), args.device or "cpu")
+    for name, m in results.items():
+        i = m["instance"]
+        print(f"{name:<28} mAP {i['mAP']:.3f}  AP50 {i['AP50']:.3f}  AP25 {i['AP25']:.3f}  "
+              f"mIoU {m['semantic']['mIoU']:.3f}")
+    print(f"report: {args.out / 'report.md'} (+ report.csv, ap50_per_class.png, ap_vs_iou.png)")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from minkseg.train import load_checkpoint
+    from minkseg.visualize import visualize_scene
+    from scannet_tools.labels import find_label_table, read_label_table
+
+    model, cfg, _ = load_checkpoint(args.checkpoint, args.device or "cpu")
+    label_map = read_label_table(find_label_table(args.scans, args.labels))
+    for p in visualize_scene(model, cfg, args.scans / args.scene, label_map, args.out, args.device or "cpu",
+                             png=not args.no_png):
+        print(p)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from minkseg.demo import run_demo
 
-    return run_demo(args.out, scenes=args.scenes, seed=args.seed, small=args.small)
+    return run_demo(args.out, scenes=args.scenes, seed=args.seed, small=args.small, epochs=args.epochs,
+                    device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,16 +321,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.set_defaults(func=cmd_validate_submission)
 
+    p = sub.add_parser("compare", help="evaluate several runs on the same scenes; Markdown/CSV report + plots",
+                       description="Evaluate each run (its best.pth, else last.pth, or a .pth given directly) on "
+                                   "the same scenes and write REPORT/report.md, report.csv, <run>.json, "
+                                   "ap50_per_class.png and ap_vs_iou.png.")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<name>) or checkpoints")
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the first run's val split)")
+    p.add_argument("--prepared", type=Path, help="override the prepared folder stored in the checkpoints")
+    p.add_argument("--root", type=Path, help="override the dataset root stored in the checkpoints")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("visualize", help="coloured PLYs of ground truth, predictions and uncertainty + a PNG",
+                       description="For one raw scene write <scene>_{gt,pred}_{semantic,instance}.ply, "
+                                   "<scene>_uncertainty.ply (probabilistic head) and <scene>.png rendered "
+                                   "offscreen with open3d.")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--scans", required=True, type=Path)
+    p.add_argument("--scene", required=True, help="scene id, e.g. scene0011_00")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--labels", type=Path, default=None)
+    p.add_argument("--no-png", action="store_true", help="only the PLY files")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_visualize)
+
     p = sub.add_parser("check", help="self-check: one sparse convolution forward and backward",
                        description="Import MinkowskiEngine (through minkseg's one import shim), run one sparse "
                                    "convolution forward and backward, print the versions and the device.")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic dataset",
-                       description="Generate synthetic scenes, prepare them, export ground truth and run the "
-                                   "network on a prepared scene; prints where everything is.")
+                       description="Generate synthetic scenes, prepare them, export ground truth, train both heads "
+                                   "(configs/synthetic_*.yaml), evaluate them (--json metrics), predict and validate "
+                                   "a submission, write the comparison report and a visualization; prints where "
+                                   "everything is. Re-running resumes finished stages.")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    p.add_argument("--scenes", type=int, default=6, help="number of synthetic scenes (default: 6)")
+    p.add_argument("--scenes", type=int, default=8, help="number of synthetic scenes (default: 8)")
+    p.add_argument("--epochs", type=int, default=None, help="override the configs' training epochs")
+    p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--small", action="store_true", help="tiny scenes (for a smoke test)")
     p.set_defaults(func=cmd_demo)

@@ -1,7 +1,8 @@
-"""``minkseg demo``: the pipeline end to end on the embedded synthetic dataset.
+"""``minkseg demo``: the whole pipeline on the embedded synthetic dataset.
 
-Today: synth -> prepare -> export-gt -> network forward pass (both heads) -> clustering ->
-devoxelization on a prepared scene. Every stage goes through the same code as real scans.
+synth -> prepare -> export-gt -> train both heads -> evaluate (``--json`` per run) ->
+predict + validate a submission -> compare report with plots -> visualize a scene.
+Every stage goes through the same code as real scans; re-running resumes finished stages.
 """
 
 from __future__ import annotations
@@ -9,26 +10,34 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
+from minkseg.config import load_config
 
-from minkseg.cluster import cluster_margin, cluster_probabilistic
-from minkseg.data.dataset import PreparedScenes
-from minkseg.data.voxelize import collate
-from minkseg.devoxelize import devoxelize
-from minkseg.models.model import SegmentationModel
-from scannet_tools.export_gt import export_gt_all
-from scannet_tools.prepare import prepare_all
-from scannet_tools.synth import synthesize
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+HEADS = ("probabilistic", "margin")
 
 
-def _stage(name: str):
+def _stage(name: str) -> float:
     print(f"\n== {name}", flush=True)
     return time.time()
 
 
-def run_demo(out: str | Path, scenes: int = 6, seed: int = 0, small: bool = False) -> int:
+def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = False, epochs: int | None = None,
+             device: str | None = None) -> int:
+    from minkseg.compare import compare_runs
+    from minkseg.evaluate import format_metrics, write_json
+    from minkseg.inference import predict_scene
+    from minkseg.submission import validate_submission, write_scene_submission, zip_submission
+    from minkseg.train import Trainer, evaluate_model, load_checkpoint, split_scenes
+    from minkseg.visualize import visualize_scene
+    from scannet_tools.export_gt import export_gt_all
+    from scannet_tools.labels import read_label_table
+    from scannet_tools.prepare import load_prepared, prepare_all
+    from scannet_tools.reader import ScenePaths, mesh_vertex_count
+    from scannet_tools.synth import synthesize
+
     out = Path(out)
     raw, prepared, gt = out / "scannet", out / "prepared", out / "gt"
+    table = raw / "scannetv2-labels.combined.tsv"
     t_all = time.time()
 
     t = _stage(f"synth: {scenes} synthetic scenes in the raw ScanNet layout -> {raw}")
@@ -36,31 +45,66 @@ def run_demo(out: str | Path, scenes: int = 6, seed: int = 0, small: bool = Fals
     print(f"   {time.time() - t:.1f} s")
 
     t = _stage(f"prepare -> {prepared}")
-    report = prepare_all(raw / "scans", prepared, raw / "scannetv2-labels.combined.tsv", workers=2)
-    print(report.summary("prepared"), f"\n   {report.vertices} vertices in {time.time() - t:.1f} s")
+    report = prepare_all(raw / "scans", prepared, table, workers=2)
+    print(report.summary("prepared"), f"\n   {time.time() - t:.1f} s")
 
     t = _stage(f"export-gt -> {gt}")
-    report = export_gt_all(raw / "scans", gt, raw / "scannetv2-labels.combined.tsv", workers=2)
+    report = export_gt_all(raw / "scans", gt, table, workers=2)
     print(report.summary("exported"), f"\n   {time.time() - t:.1f} s")
 
-    torch.manual_seed(seed)
-    ds = PreparedScenes.from_dir(prepared, voxel_size=0.02)
-    scene = ds[0]
-    batch = collate([scene])
-    for head in ("probabilistic", "margin"):
-        t = _stage(f"network: MinkUNet14A + {head} head on {scene.scene} ({len(scene.coords)} voxels at 2 cm)")
-        model = SegmentationModel.build(head, "MinkUNet14A").eval()
-        with torch.no_grad():
-            o = model(batch)
-        i = o.instance
-        c = (cluster_probabilistic(i.mu, i.log_sigma, i.score_logits, o.semantic_logits, seed_threshold=0.0)
-             if head == "probabilistic"
-             else cluster_margin(i.embedding, i.sigma_logit, i.seed_logits, o.semantic_logits, seed_threshold=0.0))
-        per_vertex = devoxelize(c.voxel_instance, scene.inverse)
-        print(f"   untrained forward + clustering + devoxelization: {c.num_instances} clusters over "
-              f"{len(per_vertex)} vertices in {time.time() - t:.1f} s")
+    runs, metrics = {}, {}
+    for head in HEADS:
+        over = [f"data.root={raw}", f"data.prepared={prepared}", f"runs_dir={out / 'runs'}", f"name={head}",
+                f"train.seed={seed}"]
+        if epochs is not None:
+            over += [f"train.epochs={epochs}", f"train.val_every={epochs}"]
+        cfg = load_config(CONFIGS / f"synthetic_{head}.yaml", over)
+        t = _stage(f"train {head} head: {cfg.model.backbone}, {cfg.train.epochs} epochs, "
+                   f"{cfg.data.voxel_size * 100:.0f} cm voxels -> {cfg.run_dir}")
+        trainer = Trainer(cfg, resume=(cfg.run_dir / "last.pth").is_file(), device=device)
+        runs[head] = trainer.fit()
+        print(f"   {time.time() - t:.0f} s, checkpoint {runs[head]}")
+        t = _stage(f"evaluate {head} on the validation scenes")
+        model, cfg, _ = load_checkpoint(runs[head], trainer.device)
+        metrics[head] = evaluate_model(model, cfg, split_scenes(cfg, cfg.data.val_split), trainer.device)
+        write_json(metrics[head], out / "metrics" / f"{head}.json")
+        print(format_metrics(metrics[head]))
+        print(f"   {time.time() - t:.1f} s -> {out / 'metrics' / f'{head}.json'}")
 
-    print(f"\ndone in {time.time() - t_all:.0f} s. Outputs:\n"
-          f"  raw scenes      {raw / 'scans'}\n  prepared        {prepared}\n"
-          f"  ground truth    {gt / 'semantic'}, {gt / 'instance'}")
+    t = _stage("predict a benchmark submission (probabilistic head, validation scenes) and validate it")
+    model, cfg, _ = load_checkpoint(runs["probabilistic"], device or "cpu")
+    sub = out / "submission"
+    val = split_scenes(cfg, cfg.data.val_split)
+    for name in val:
+        write_scene_submission(predict_scene(model, load_prepared(prepared / f"{name}.npz"), cfg, device or "cpu"), sub)
+    counts = {n: mesh_vertex_count(ScenePaths(raw / "scans" / n).mesh, n) for n in val}
+    check = validate_submission(sub, counts)
+    archives = zip_submission(sub)
+    print(f"   {'valid' if check.ok else 'INVALID'} submission: {check.scenes} scenes, {check.masks} masks; "
+          f"archives {', '.join(str(a) for a in archives)}")
+    for p in check.problems:
+        print("   " + p)
+
+    t = _stage("compare the two heads on the same scenes")
+    compare_runs([out / "runs" / h for h in HEADS], out / "report", device=device or "cpu")
+    print(f"   {time.time() - t:.1f} s -> {out / 'report' / 'report.md'}")
+
+    t = _stage("visualize a validation scene")
+    try:
+        files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
+                                device or "cpu")
+        print(f"   {files[-1]}")
+    except Exception as e:  # rendering needs a GL/Vulkan driver; the PLYs are still useful without it
+        files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
+                                device or "cpu", png=False)
+        print(f"   offscreen rendering unavailable ({type(e).__name__}: {e}); wrote PLY files only")
+
+    print(f"\ndone in {time.time() - t_all:.0f} s\n")
+    print(f"{'head':<16}{'mAP':>8}{'AP50':>8}{'AP25':>8}{'mIoU':>8}")
+    for head in HEADS:
+        i, s = metrics[head]["instance"], metrics[head]["semantic"]
+        print(f"{head:<16}{i['mAP']:>8.3f}{i['AP50']:>8.3f}{i['AP25']:>8.3f}{s['mIoU']:>8.3f}")
+    print(f"\nraw scenes    {raw / 'scans'}\nprepared      {prepared}\nground truth  {gt}\n"
+          f"runs          {out / 'runs'}  (tensorboard --logdir {out / 'runs'})\nmetrics       {out / 'metrics'}\n"
+          f"submission    {sub}\nreport        {out / 'report' / 'report.md'}\nvisualization {out / 'visualize'}")
     return 0

@@ -25,10 +25,12 @@ from scannet_tools.io import read_ids, write_text_atomic
 
 
 def evaluate_scenes(scenes: Iterable[tuple[np.ndarray | None, list[InstancePrediction] | None,
-                                           np.ndarray | None, np.ndarray | None]]) -> dict:
+                                           np.ndarray | None, np.ndarray | None]],
+                    ap_matrix: bool = False) -> dict:
     """Metrics over scenes given as (instance gt ids, instance predictions, semantic gt, semantic pred).
 
-    Either half may be None for a scene (e.g. an instance-only submission).
+    Either half may be None for a scene (e.g. an instance-only submission). With
+    ``ap_matrix`` the (class x overlap) AP array is returned under ``"ap"`` too.
     """
     matches, confusion = [], None
     for gt_ids, preds, sem_gt, sem_pred in scenes:
@@ -39,7 +41,10 @@ def evaluate_scenes(scenes: Iterable[tuple[np.ndarray | None, list[InstancePredi
             confusion = c if confusion is None else confusion + c
     out = {}
     if matches:
-        out["instance"] = summarize_instance(instance_ap(matches))
+        ap = instance_ap(matches)
+        out["instance"] = summarize_instance(ap)
+        if ap_matrix:
+            out["ap"] = ap
     if confusion is not None:
         out["semantic"] = summarize_semantic(confusion)
     return out

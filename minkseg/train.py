@@ -192,11 +192,11 @@ class Trainer:
 
 
 def evaluate_model(model: SegmentationModel, cfg: Config, scenes: list[str], device: torch.device | str = "cpu",
-                   progress: bool = False) -> dict:
+                   progress: bool = False, ap_matrix: bool = False) -> dict:
     """Benchmark metrics of a model on prepared scenes (ground truth from the prepared arrays)."""
     rows = []
     for name in tqdm(scenes, desc="evaluate", unit="scene", disable=not progress or None):
         scene = load_prepared(Path(cfg.data.prepared) / f"{name}{PREPARED_SUFFIX}")
         pred = predict_scene(model, scene, cfg, device)
         rows.append((ground_truth_ids(scene), pred.instances, scene["nyu40"].astype(np.int64), pred.semantic_nyu40))
-    return evaluate_scenes(rows)
+    return evaluate_scenes(rows, ap_matrix)

@@ -33,16 +33,6 @@ def export_gt_scene(scene_dir: Path, out_dir: Path, label_map: dict[str, int]) -
     return len(semantic)
 
 
-def _export_job(args: tuple[Path, Path, dict[str, int]]) -> tuple[str, int, str | None]:
-    scene_dir, out_dir, label_map = args
-    try:
-        return scene_dir.name, export_gt_scene(scene_dir, out_dir, label_map), None
-    except SceneError as e:
-        return scene_dir.name, 0, str(e)
-    except Exception as e:
-        return scene_dir.name, 0, f"{scene_dir.name}: unexpected {type(e).__name__}: {e}"
-
-
 def export_gt_all(
     scans_dir: str | Path,
     out_dir: str | Path,
@@ -61,5 +51,5 @@ def export_gt_all(
         if done and not overwrite:
             report.skipped.append(d.name)
         else:
-            jobs.append((d, out_dir, label_map))
-    return run_batch(_export_job, jobs, workers, "export-gt", report)
+            jobs.append((d, (out_dir, label_map)))
+    return run_batch(export_gt_scene, jobs, workers, "export-gt", report)

@@ -117,27 +117,29 @@ class BatchReport:
         return "\n".join(lines)
 
 
-def _prepare_job(args: tuple[Path, Path, dict[str, int], bool]) -> tuple[str, int, str | None]:
-    scene_dir, out_file, label_map, align = args
+def _guarded(job: tuple) -> tuple[str, int, str | None]:
+    """Run ``fn(scene_dir, *args)``; a failure becomes a one-line reason instead of an exception."""
+    fn, scene_dir, args = job
     try:
-        return scene_dir.name, prepare_scene(scene_dir, out_file, label_map, align), None
+        return scene_dir.name, fn(scene_dir, *args), None
     except SceneError as e:
         return scene_dir.name, 0, str(e)
     except Exception as e:  # one broken scene must never stop the others
         return scene_dir.name, 0, f"{scene_dir.name}: unexpected {type(e).__name__}: {e}"
 
 
-def run_batch(job, jobs: list, workers: int, desc: str, report: BatchReport) -> BatchReport:
-    """Run ``job`` over ``jobs`` (in a process pool when workers > 1) with a progress bar."""
-    bar = tqdm(total=len(jobs), desc=desc, unit="scene", dynamic_ncols=True, disable=None)
-    if workers > 1 and len(jobs) > 1:
+def run_batch(fn, jobs: list[tuple[Path, tuple]], workers: int, desc: str, report: BatchReport) -> BatchReport:
+    """``fn(scene_dir, *args)`` for each job (in a process pool when workers > 1), with a progress bar."""
+    tasks = [(fn, d, args) for d, args in jobs]
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    bar = tqdm(total=len(tasks), desc=desc, unit="scene", dynamic_ncols=True, disable=None)
+    if workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(job, jobs)
-            for result in results:
+            for result in pool.map(_guarded, tasks):
                 _collect(result, report, bar)
     else:
-        for j in jobs:
-            _collect(job(j), report, bar)
+        for t in tasks:
+            _collect(_guarded(t), report, bar)
     bar.close()
     return report
 
@@ -172,6 +174,6 @@ def prepare_all(
         if out_file.is_file() and not overwrite:
             report.skipped.append(d.name)
             continue
-        jobs.append((d, out_file, label_map, align))
+        jobs.append((d, (out_file, label_map, align)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return run_batch(_prepare_job, jobs, max(1, min(workers, os.cpu_count() or 1)), "prepare", report)
+    return run_batch(prepare_scene, jobs, workers, "prepare", report)

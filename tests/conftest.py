@@ -42,3 +42,14 @@ def raw_copy(raw_root, tmp_path) -> Path:
     dst = tmp_path / "scannet"
     shutil.copytree(raw_root, dst)
     return dst
+
+
+@pytest.fixture
+def float64():
+    """Reference values in double precision, without leaking the default dtype to other modules."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

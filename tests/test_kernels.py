@@ -14,14 +14,7 @@ from minkseg.losses.kernels import (
     log_bhattacharyya_kernel,
 )
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Reference values in double precision, without leaking the default to other modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _gauss(x, mu, sigma):

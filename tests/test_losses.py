@@ -13,14 +13,7 @@ from minkseg.losses.probabilistic import (
     score_targets,
 )
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Reference values in double precision, without leaking the default to other modules."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def planted(n_per=60, k=4, spread=0.02, seed=0):
@@ -54,7 +47,7 @@ def test_chunked_sums_equal_unchunked_and_gradients_agree():
     for chunk_elements in (7 * 4, 1 << 22):  # 7-row blocks with checkpointing, then one block
         t = instance_loss(mu, ls, inst, 4, chunk_elements=chunk_elements)
         (t.ins_ce + t.log_dice).backward()
-        grads.append((mu.grad.clone(), ls.grad.clone(), float(t.ins_ce), float(t.log_dice)))
+        grads.append((mu.grad.clone(), ls.grad.clone(), t.ins_ce.item(), t.log_dice.item()))
         mu.grad, ls.grad = None, None
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])

@@ -162,3 +162,18 @@ def test_train_evaluate_predict_cli(raw_root, prepared_dir, tmp_path, capsys):
     assert names and not any(n.startswith("instance/") for n in names)
     assert main(["validate-submission", str(sub), "--scans", str(raw_root / "scans"), "--split", "val"]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--scenes", "3", "--small", "--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    for head in ("probabilistic", "margin"):
+        m = json.loads((out / "metrics" / f"{head}.json").read_text())
+        assert set(m) == {"instance", "semantic"}
+        assert (out / "runs" / head / "last.pth").is_file()
+    assert (out / "report" / "report.md").is_file() and (out / "report" / "ap_vs_iou.png").is_file()
+    assert (out / "submission" / "instance.zip").is_file() and "valid submission" in text
+    assert list((out / "visualize").glob("*_pred_instance.ply"))
+    # a second run resumes: nothing is retrained
+    assert main(["demo", "--out", str(out), "--scenes", "3", "--small", "--epochs", "1"]) == 0
