@@ -103,10 +103,7 @@ def _plots(results: dict[str, dict], out: Path) -> None:
     ax.set_ylabel("AP50")
     ax.set_ylim(0, 1)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out / "ap50_per_class.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, out / "ap50_per_class.png")
 
     order = np.argsort(OVERLAPS)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -119,7 +116,13 @@ def _plots(results: dict[str, dict], out: Path) -> None:
     ax.set_ylabel("mean AP over classes")
     ax.set_ylim(0, 1)
     ax.legend()
+    _save(fig, out / "ap_vs_iou.png")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    with atomic_path(out / "ap_vs_iou.png") as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -86,7 +86,7 @@ def read_instance_predictions(txt: Path, root: Path, n_vertices: int | None = No
     return preds
 
 
-def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> dict:
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, ap_matrix: bool = False) -> dict:
     """Evaluate ``pred_dir/{semantic,instance}/<scene>.txt`` against ``gt_dir/{semantic,instance}``."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     scenes = []
@@ -110,7 +110,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> dict:
             if len(gt_s) != len(pred_s):
                 raise SubmissionError(f"{sem_dir / name}.txt: {len(pred_s)} lines, the scene has {len(gt_s)}")
         scenes.append((gt_i, preds, gt_s, pred_s))
-    return evaluate_scenes(scenes)
+    return evaluate_scenes(scenes, ap_matrix)
 
 
 def _clean(obj):

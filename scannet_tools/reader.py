@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData
 
-from .labels import IGNORE_ID, nyu40_to_train_id
+from .labels import FIRST_INSTANCE_TRAIN_ID, nyu40_to_train_id
 
 
 class SceneError(Exception):
@@ -269,6 +269,5 @@ def training_labels(nyu40: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray
     keep their ScanNet instance id (objectId + 1).
     """
     semantic = nyu40_to_train_id(nyu40)
-    inst = np.where((semantic >= 2) & (instance > 0), instance, -1).astype(np.int32)
-    semantic = np.where(semantic == IGNORE_ID, IGNORE_ID, semantic).astype(np.int16)
+    inst = np.where((semantic >= FIRST_INSTANCE_TRAIN_ID) & (instance > 0), instance, -1).astype(np.int32)
     return semantic, inst

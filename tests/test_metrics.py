@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from minkseg.metrics import (
+    OVERLAPS,
     InstancePrediction,
     instance_ap,
     match_scene,
@@ -115,3 +116,35 @@ def test_semantic_iou_equals_official_rules(seed):
     expected = ref.semantic_ious(pairs)
     np.testing.assert_allclose(list(ours["per_class"].values()), expected, equal_nan=True)
     assert ours["mIoU"] == pytest.approx(np.nanmean(expected))
+
+
+def test_duplicate_detection_is_a_false_positive_with_the_lower_score():
+    gt = np.zeros(1000, np.int64)
+    gt[:400] = 7001  # one table
+    mask = np.zeros(1000, bool)
+    mask[:400] = True
+    li = 4  # table
+    one = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.9)])])
+    # a second, lower-scored copy: precision drops after recall is reached, AP stays 1
+    low = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.9), InstancePrediction(mask, 7, 0.1)])])
+    # a higher-scored copy listed second: the ground truth keeps the max score, the other copy is the FP
+    high = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.1), InstancePrediction(mask, 7, 0.9)])])
+    assert one[li, 0] == 1.0 and low[li, 0] == 1.0 and high[li, 0] == 1.0
+    # but a higher-scored false positive elsewhere ranks first and costs precision
+    fp = np.zeros(1000, bool)
+    fp[500:700] = True
+    worse = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.5), InstancePrediction(fp, 7, 0.9)])])
+    assert worse[li, 0] < 1.0
+
+
+def test_averages_follow_the_official_script():
+    ap = np.full((18, len(OVERLAPS)), np.nan)
+    ap[0, :] = np.linspace(0.1, 1.0, len(OVERLAPS))
+    ap[1, :] = 0.5
+    s = summarize_instance(ap)
+    rest = ~np.isclose(OVERLAPS, 0.25)
+    assert s["mAP"] == pytest.approx(np.mean(np.concatenate([ap[0, rest], ap[1, rest]])))
+    assert s["AP50"] == pytest.approx((ap[0, 0] + 0.5) / 2)
+    assert s["AP25"] == pytest.approx((ap[0, -1] + 0.5) / 2)
+    assert np.isnan(s["per_class"]["sofa"]["ap"])  # no ground truth and no prediction: NaN, left out of means
+    assert len(OVERLAPS) == 10 and OVERLAPS[8] == pytest.approx(0.9)  # 0.50..0.90 and 0.25; 0.95 is not used
