@@ -86,14 +86,11 @@ PYEOF
 log "torch $TORCH_VER ($TORCH_CUDA), python $PY_TAG"
 
 # ---------------------------------------------------------------- 3. MinkowskiEngine
-me_installed() {
-  "$PY" - <<'PYEOF' >/dev/null 2>&1
-import importlib.metadata as md, sys
-sys.exit(0 if md.version("MinkowskiEngine") == "0.5.4" else 1)
-PYEOF
-}
-WHEEL_DIR="$CACHE/minkowskiengine-$ME_VERSION-torch$TORCH_VER-$TORCH_CUDA-$PY_TAG-$(uname -m)"
-if me_installed && [[ "${MINKSEG_REBUILD:-0}" != 1 ]]; then
+BUILD_KEY="minkowskiengine-$ME_VERSION-torch$TORCH_VER-$TORCH_CUDA-$PY_TAG-$(uname -m)"
+WHEEL_DIR="$CACHE/$BUILD_KEY"
+MARKER="$VENV/.minkseg-minkowskiengine"  # which build is installed: a torch change forces a reinstall
+if [[ "$(cat "$MARKER" 2>/dev/null)" == "$BUILD_KEY" && "${MINKSEG_REBUILD:-0}" != 1 ]] \
+   && "$PY" -c 'import importlib.metadata as m; m.version("MinkowskiEngine")' >/dev/null 2>&1; then
   log "MinkowskiEngine $ME_VERSION already installed"
 else
   wheel=$(ls "$WHEEL_DIR"/*.whl 2>/dev/null | head -n1 || true)
@@ -154,6 +151,7 @@ else
     log "using cached $wheel"
   fi
   "${PIP[@]}" --no-deps --force-reinstall "$wheel"
+  echo "$BUILD_KEY" > "$MARKER"
 fi
 
 # ---------------------------------------------------------------- 4. minkseg
