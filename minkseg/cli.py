@@ -129,26 +129,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _split_vertex_counts(scans: Path, split: str) -> dict[str, int]:
-    from scannet_tools.reader import ScenePaths, mesh_vertex_count
+    from scannet_tools.reader import scene_vertex_counts
     from scannet_tools.splits import resolve_split
 
-    counts = {}
-    for name in resolve_split(split, scans.parent):
-        counts[name] = mesh_vertex_count(ScenePaths(scans / name).mesh, name)
-    return counts
+    return scene_vertex_counts(scans, resolve_split(split, scans.parent))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import tempfile
 
     import torch
-    from tqdm import tqdm
 
-    from minkseg.inference import predict_scene
-    from minkseg.submission import validate_submission, write_scene_submission, zip_submission
+    from minkseg.submission import predict_submission, validate_submission, zip_submission
     from minkseg.train import load_checkpoint
     from scannet_tools.labels import find_label_table
-    from scannet_tools.prepare import load_prepared, prepare_all
+    from scannet_tools.prepare import prepare_all
     from scannet_tools.splits import resolve_split
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -162,10 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if report.failed:
             print(report.summary("prepared"))
             return 1
-        masks = 0
-        for name in tqdm(scenes, desc="predict", unit="scene", disable=None):
-            pred = predict_scene(model, load_prepared(Path(tmp) / f"{name}.npz"), cfg, device)
-            masks += write_scene_submission(pred, args.out, args.max_masks, args.min_score)
+        masks = predict_submission(model, cfg, Path(tmp), scenes, args.out, device, args.max_masks, args.min_score)
     print(f"wrote {len(scenes)} scenes, {masks} instance masks to {args.out} in {time.time() - t0:.1f} s")
     check = validate_submission(args.out, _split_vertex_counts(args.scans, args.split))
     if not check.ok:

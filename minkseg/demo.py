@@ -25,14 +25,13 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
              device: str | None = None) -> int:
     from minkseg.compare import compare_runs
     from minkseg.evaluate import format_metrics, write_json
-    from minkseg.inference import predict_scene
-    from minkseg.submission import validate_submission, write_scene_submission, zip_submission
+    from minkseg.submission import predict_submission, validate_submission, zip_submission
     from minkseg.train import Trainer, evaluate_model, load_checkpoint, split_scenes
     from minkseg.visualize import visualize_scene
     from scannet_tools.export_gt import export_gt_all
     from scannet_tools.labels import read_label_table
-    from scannet_tools.prepare import load_prepared, prepare_all
-    from scannet_tools.reader import ScenePaths, mesh_vertex_count
+    from scannet_tools.prepare import prepare_all
+    from scannet_tools.reader import scene_vertex_counts
     from scannet_tools.synth import synthesize
 
     out = Path(out)
@@ -75,10 +74,8 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
     model, cfg, _ = load_checkpoint(runs["probabilistic"], device or "cpu")
     sub = out / "submission"
     val = split_scenes(cfg, cfg.data.val_split)
-    for name in val:
-        write_scene_submission(predict_scene(model, load_prepared(prepared / f"{name}.npz"), cfg, device or "cpu"), sub)
-    counts = {n: mesh_vertex_count(ScenePaths(raw / "scans" / n).mesh, n) for n in val}
-    check = validate_submission(sub, counts)
+    predict_submission(model, cfg, prepared, val, sub, device or "cpu")
+    check = validate_submission(sub, scene_vertex_counts(raw / "scans", val))
     archives = zip_submission(sub)
     print(f"   {'valid' if check.ok else 'INVALID'} submission: {check.scenes} scenes, {check.masks} masks; "
           f"archives {', '.join(str(a) for a in archives)}")
@@ -90,14 +87,9 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
     print(f"   {time.time() - t:.1f} s -> {out / 'report' / 'report.md'}")
 
     t = _stage("visualize a validation scene")
-    try:
-        files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
-                                device or "cpu")
-        print(f"   {files[-1]}")
-    except Exception as e:  # rendering needs a GL/Vulkan driver; the PLYs are still useful without it
-        files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
-                                device or "cpu", png=False)
-        print(f"   offscreen rendering unavailable ({type(e).__name__}: {e}); wrote PLY files only")
+    files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
+                            device or "cpu")
+    print(f"   {files[-1]}")
 
     print(f"\ndone in {time.time() - t_all:.0f} s\n")
     print(f"{'head':<16}{'mAP':>8}{'AP50':>8}{'AP25':>8}{'mIoU':>8}")

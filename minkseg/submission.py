@@ -44,6 +44,21 @@ def write_scene_submission(pred: ScenePrediction, out: Path, max_masks: int = 0,
     return len(inst)
 
 
+def predict_submission(model, cfg, prepared_dir: Path, scenes: list[str], out: Path, device: str = "cpu",
+                       max_masks: int = 0, min_score: float = 0.0) -> int:
+    """Run the model on prepared scenes and write their submission files; returns the mask count."""
+    from tqdm import tqdm
+
+    from minkseg.inference import predict_scene
+    from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
+
+    masks = 0
+    for name in tqdm(scenes, desc="predict", unit="scene", disable=None):
+        pred = predict_scene(model, load_prepared(Path(prepared_dir) / f"{name}{PREPARED_SUFFIX}"), cfg, device)
+        masks += write_scene_submission(pred, out, max_masks, min_score)
+    return masks
+
+
 def zip_submission(out: Path) -> list[Path]:
     """``out/semantic.zip`` and ``out/instance.zip`` holding the folders' contents at the archive root."""
     written = []

@@ -133,6 +133,11 @@ def read_mesh(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return xyz, rgb, faces
 
 
+def scene_vertex_counts(scans_dir: str | Path, scenes: list[str]) -> dict[str, int]:
+    """Mesh vertex count of each scene, from the PLY headers (what submission files must match)."""
+    return {s: mesh_vertex_count(ScenePaths(Path(scans_dir) / s).mesh, s) for s in scenes}
+
+
 def _read_json(path: Path, scene: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
