@@ -101,6 +101,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftrain(args: argparse.Namespace) -> int:
+    if args.deterministic:
+        os.environ["OMP_NUM_THREADS"] = "1"  # see cmd_train
+    from minkseg.config import load_config
+    from minkseg.selftrain import SelfTraining
+
+    cfg = load_config(args.config, args.overrides)
+    SelfTraining(cfg, resume=args.resume, device=args.device).run()
+    print(f"summary: {cfg.run_dir / 'summary.md'}; comparison: {cfg.run_dir / 'compare' / 'report.md'}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from minkseg.evaluate import evaluate_dirs, format_metrics, write_json
 
@@ -271,6 +283,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bitwise-reproducible CPU training (one OpenMP thread for MinkowskiEngine; slower)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("selftrain", help="TWIST-style self-training rounds for limited labels",
+                       description="Round 0 trains on the labelled training scenes (data.label_list=1|5|10|20 "
+                                   "for a shipped limited-reconstruction list, or data.label_ratio with "
+                                   "data.label_seed). Each round r = 1..selftrain.rounds then writes the previous "
+                                   "model's pseudo labels for the unlabelled training scenes to "
+                                   "runs/<name>/round_<r>/pseudo/ and trains a student on labelled + pseudo-labelled "
+                                   "scenes: round 1 with semantic pseudo labels spread over superpoints "
+                                   "(max probability > selftrain.semantic_threshold), later rounds also with instance "
+                                   "proposals of certainty >= selftrain.certainty, corrected by the re-correction "
+                                   "module (selftrain.recorrect). Writes summary.md (metrics and pseudo-label "
+                                   "precision/recall per round) and compare/report.md. Example: "
+                                   "`minkseg selftrain configs/synthetic_probabilistic.yaml data.label_ratio=0.1 "
+                                   "name=st10 selftrain.epochs=4`.")
+    p.add_argument("config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selftrain.rounds=3")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs/<name>/ after its last finished round, pseudo-label set or checkpoint")
+    p.add_argument("--deterministic", action="store_true", help="as for train")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_selftrain)
 
     p = sub.add_parser("evaluate", help="ScanNet benchmark metrics (AP, AP50, AP25, mIoU)",
                        description="Either run a checkpoint on a split of prepared scenes, or read benchmark-format "

@@ -79,7 +79,7 @@ def foreground_mask(semantic_probs: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def cluster_probabilistic(mu: torch.Tensor, log_sigma: torch.Tensor, score_logits: torch.Tensor,
                           semantic_logits: torch.Tensor, tau: float = 0.35, seed_threshold: float = 0.5,
-                          min_size: int = 10) -> Clusters:
+                          min_size: int = 10, max_instances: int = 500) -> Clusters:
     """Sec. 3.4: seeds from the centre score map P (Eq. 11), members with kappa(e_i, e_i0) >= tau."""
     probs = torch.softmax(semantic_logits, 1)
     seed = torch.softmax(score_logits, 1)[:, :-1].max(1).values  # drop the "not a centre" column
@@ -87,13 +87,13 @@ def cluster_probabilistic(mu: torch.Tensor, log_sigma: torch.Tensor, score_logit
     def kernel(i0: int, idx: torch.Tensor) -> torch.Tensor:
         return log_bhattacharyya_kernel(mu[idx], log_sigma[idx], mu[i0], log_sigma[i0]).exp()
 
-    return greedy_cluster(seed, foreground_mask(probs), kernel, probs, tau, seed_threshold, min_size)
+    return greedy_cluster(seed, foreground_mask(probs), kernel, probs, tau, seed_threshold, min_size, max_instances)
 
 
 @torch.no_grad()
 def cluster_margin(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logits: torch.Tensor,
                    semantic_logits: torch.Tensor, tau: float = 0.5, seed_threshold: float = 0.5,
-                   min_size: int = 10) -> Clusters:
+                   min_size: int = 10, max_instances: int = 500) -> Clusters:
     """Neven et al.: seeds from the seed maps, members with phi(e_i; e_i0, sigma_i0) >= tau."""
     probs = torch.softmax(semantic_logits, 1)
     seed = torch.sigmoid(seed_logits).max(1).values
@@ -101,4 +101,4 @@ def cluster_margin(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logi
     def kernel(i0: int, idx: torch.Tensor) -> torch.Tensor:
         return margin_gaussian(embedding[idx], embedding[i0], sigma_logit[i0])
 
-    return greedy_cluster(seed, foreground_mask(probs), kernel, probs, tau, seed_threshold, min_size)
+    return greedy_cluster(seed, foreground_mask(probs), kernel, probs, tau, seed_threshold, min_size, max_instances)

@@ -30,6 +30,14 @@ def run_checkpoint(run: Path) -> Path:
     raise FileNotFoundError(f"{run}: no best.pth or last.pth")
 
 
+def run_labels(runs: list[Path]) -> list[str]:
+    """A run's folder name (a checkpoint's parent folder); where names repeat (``round_5`` of two
+    self-training runs) the parent folder is prefixed."""
+    dirs = [Path(r).parent if Path(r).suffix == ".pth" else Path(r) for r in runs]
+    names = [d.name for d in dirs]
+    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in dirs]
+
+
 def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared: str | None = None,
                  root: str | None = None, device: str = "cpu") -> dict[str, dict]:
     from minkseg.train import evaluate_model, load_checkpoint, split_scenes
@@ -37,7 +45,7 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     scenes = None
-    for run in runs:
+    for run, label in zip(runs, run_labels(runs)):
         model, cfg, _ = load_checkpoint(run_checkpoint(run), device)
         if prepared:
             cfg.data.prepared = prepared
@@ -45,7 +53,6 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
             cfg.data.root = root
         names = split_scenes(cfg, split or cfg.data.val_split)
         scenes = scenes or names  # every run on the first run's scenes
-        label = Path(run).name if Path(run).suffix != ".pth" else Path(run).parent.name
         m = evaluate_model(model, cfg, scenes, device, progress=True, ap_matrix=True)
         m["head"] = cfg.model.head
         results[label] = m

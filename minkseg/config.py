@@ -38,6 +38,7 @@ class ModelConfig:
     anisotropic: bool = True
     heteroscedastic: bool = True
     embedding_unit: float = 1.0  # metres per embedding unit (mu = x / unit + tanh(o))
+    recorrector: bool = False  # TWIST's proposal re-correction module (set by minkseg selftrain)
 
 
 @dataclass
@@ -45,6 +46,8 @@ class LossConfig:
     probabilistic: ProbabilisticLossWeights = field(default_factory=ProbabilisticLossWeights)
     margin: MarginLossWeights = field(default_factory=MarginLossWeights)
     chunk_elements: int = 1 << 22  # voxel-instance pairs per block of the pairwise terms
+    recorrect: float = 1.0  # alpha of L = L_Phi + alpha L_Psi (TWIST Table 10), with model.recorrector
+    recorrect_proposals: int = 32  # predicted proposals per labelled scene that train Psi (plus the true ones)
 
 
 @dataclass
@@ -71,6 +74,24 @@ class TrainConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """TWIST-style self-training (minkseg selftrain); round 0 trains with ``train.epochs``."""
+
+    rounds: int = 5  # self-training rounds after the supervised round 0
+    epochs: int = 0  # student epochs per round (0: train.epochs)
+    semantic_threshold: float = 0.9  # supplementary Sec. B: keep vertices with max class probability above this
+    # instance certainty threshold per round 1..R (the last entry repeats); Table 9's
+    # dynamic schedules are [0.1, 0.3, 0.5, 0.7, 0.9] and its reverse. Round 1 has no instances.
+    certainty: list[float] = field(default_factory=lambda: [0.5])
+    recorrect: bool = True  # train TWIST's re-correction module Psi and use it from round 2 on
+    pseudo_weight: float = 1.0  # loss weight of a pseudo-labelled scene (a labelled one has 1)
+    labeled_repeat: int = 0  # copies of each labelled scene per student epoch (0: as many as balance the unlabelled)
+    init_from_teacher: bool = True  # the student starts from the teacher's weights
+    min_vertices: int = 100  # drop pseudo instances smaller than this (the benchmark's minimum region)
+    same_budget_baseline: bool = False  # also train supervised-only from round 0 for the students' total steps
+
+
+@dataclass
 class Config:
     name: str = "run"
     runs_dir: str = "runs"
@@ -79,6 +100,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -25,13 +25,14 @@ class ScenePrediction:
     uncertainty: np.ndarray | None = None  # (N,) mean predicted sigma (probabilistic head)
 
 
-def cluster_output(out: ModelOutput, cfg: ClusterConfig) -> Clusters:
+def cluster_output(out: ModelOutput, cfg: ClusterConfig, max_instances: int = 500) -> Clusters:
+    """Greedy clustering of one scene's outputs with the head's kernel and threshold."""
     i = out.instance
     if isinstance(i, ProbabilisticOutput):
         return cluster_probabilistic(i.mu, i.log_sigma, i.score_logits, out.semantic_logits,
-                                     cfg.tau_probabilistic, cfg.seed_threshold, cfg.min_size)
+                                     cfg.tau_probabilistic, cfg.seed_threshold, cfg.min_size, max_instances)
     return cluster_margin(i.embedding, i.sigma_logit, i.seed_logits, out.semantic_logits,
-                          cfg.tau_margin, cfg.seed_threshold, cfg.min_size)
+                          cfg.tau_margin, cfg.seed_threshold, cfg.min_size, max_instances)
 
 
 @torch.no_grad()

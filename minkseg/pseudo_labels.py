@@ -1,7 +1,7 @@
 """Pseudo labels for self-training on unlabelled scenes (TWIST, supplementary Sec. B).
 
-Pure functions on per-vertex arrays; the self-training rounds that call them are not
-built yet (see the project's self-training issue).
+:func:`pseudo_label_scene` is the stage's entry: a teacher model and a prepared scene in,
+per-vertex pseudo labels out. It is built from pure functions on per-vertex arrays:
 
 * Round 1: :func:`spread_confident_semantics` keeps the vertices whose largest class
   probability exceeds 0.9 and spreads each label over its superpoint (the over-segment of
@@ -14,9 +14,20 @@ built yet (see the project's self-training issue).
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from pathlib import Path
 
-from scannet_tools.labels import IGNORE_ID
+import numpy as np
+import torch
+
+from minkseg.config import Config
+from minkseg.data.voxelize import UNKNOWN_INSTANCE, collate, input_features, voxelize
+from minkseg.devoxelize import resolve_inverse
+from minkseg.inference import cluster_output
+from minkseg.models.model import SegmentationModel
+from minkseg.proposals import recorrect_clusters
+from scannet_tools.io import atomic_path
+from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID, IGNORE_ID
 
 
 def spread_confident_semantics(probs: np.ndarray, superpoint: np.ndarray, threshold: float = 0.9) -> np.ndarray:
@@ -96,3 +107,148 @@ def label_precision_recall(pseudo: np.ndarray, truth: np.ndarray, ignore: int = 
     precision = correct.sum() / max(int((labelled & annotated).sum()), 1)
     recall = correct.sum() / max(int(annotated.sum()), 1)
     return float(precision), float(recall)
+
+
+def paint_instances(num_vertices: int, masks: list[np.ndarray], certainty: list[float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex instance ids of possibly overlapping masks, and the mask each id came from.
+
+    Where masks overlap the more certain one wins (as in :func:`paint_proposals`); a mask
+    left with no vertex disappears and the ids are renumbered 0..K'-1 in mask order.
+    """
+    owner = np.full(num_vertices, -1, np.int64)
+    for k in np.argsort(certainty, kind="stable"):
+        owner[np.asarray(masks[k], bool)] = k
+    present, compact = np.unique(owner[owner >= 0], return_inverse=True)
+    out = np.full(num_vertices, -1, np.int64)
+    out[owner >= 0] = compact
+    return out, present
+
+
+def instance_precision_recall(pseudo: np.ndarray, pseudo_class: np.ndarray, truth: np.ndarray,
+                              truth_semantic: np.ndarray, iou: float = 0.5) -> tuple[int, int, int, int]:
+    """(matched pseudo, pseudo, matched true, true) instance counts at IoU >= ``iou`` and equal class.
+
+    ``pseudo`` is 0..K-1 per vertex (negative: none), ``pseudo_class`` its train ids;
+    ``truth`` the prepared instance ids (negative: none) with classes from ``truth_semantic``.
+    """
+    true_ids, t = np.unique(np.where(truth >= 0, truth, -1), return_inverse=True)
+    has_none = len(true_ids) and true_ids[0] < 0
+    t = t - 1 if has_none else t
+    g = len(true_ids) - int(bool(has_none))
+    k = len(pseudo_class)
+    if g == 0 or k == 0:
+        return 0, k, 0, g
+    true_class = np.zeros(g, np.int64)
+    true_class[t[t >= 0]] = truth_semantic[t >= 0]
+    both = (pseudo >= 0) & (t >= 0)
+    inter = np.bincount(pseudo[both] * g + t[both], minlength=k * g).reshape(k, g)
+    size_p = np.bincount(pseudo[pseudo >= 0], minlength=k)
+    size_t = np.bincount(t[t >= 0], minlength=g)
+    ious = inter / np.maximum(size_p[:, None] + size_t[None] - inter, 1)
+    hit = (ious >= iou) & (np.asarray(pseudo_class)[:, None] == true_class[None])
+    return int(hit.any(1).sum()), k, int(hit.any(0).sum()), g
+
+
+@dataclass
+class PseudoLabels:
+    """One scene's pseudo labels, per vertex in prepared order."""
+
+    semantic: np.ndarray  # (N,) train id, IGNORE_ID where none
+    instance: np.ndarray  # (N,) 0..K-1, -1 no instance, UNKNOWN_INSTANCE instance unknown
+    instance_class: np.ndarray  # (K,) train id
+    certainty: np.ndarray  # (K,)
+    proposals: int  # proposals before filtering
+
+    def save(self, path: Path, stats: dict[str, float]) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, semantic=self.semantic.astype(np.int16), instance=self.instance.astype(np.int32),
+                                instance_class=self.instance_class.astype(np.int16),
+                                certainty=self.certainty.astype(np.float32), proposals=self.proposals,
+                                stat_names=np.array(list(stats)), stat_values=np.array(list(stats.values()), float))
+
+
+def load_stats(path: Path) -> dict[str, float]:
+    """The quality counts stored with a pseudo-label file."""
+    with np.load(path) as z:
+        return dict(zip(z["stat_names"].tolist(), z["stat_values"].tolist()))
+
+
+def pseudo_label_stats(labels: PseudoLabels, scene: dict) -> dict[str, float]:
+    """Counts for coverage and, against the scene's ground truth where it has any, precision/recall."""
+    truth = scene["semantic"].astype(np.int64)
+    labelled, annotated = labels.semantic != IGNORE_ID, truth != IGNORE_ID
+    inst = np.where(labels.instance >= 0, labels.instance, -1)
+    mp, p, mt, t = instance_precision_recall(inst, labels.instance_class, scene["instance"].astype(np.int64), truth)
+    return {"vertices": len(truth), "semantic_labelled": int(labelled.sum()),
+            "semantic_checked": int((labelled & annotated).sum()), "annotated": int(annotated.sum()),
+            "semantic_correct": int((labelled & annotated & (labels.semantic == truth)).sum()),
+            "instance_vertices": int((inst >= 0).sum()), "proposals": labels.proposals,
+            "pseudo_instances": p, "pseudo_matched": mp, "true_instances": t, "true_matched": mt}
+
+
+def summarize_stats(counts: list[dict[str, float]]) -> dict[str, float]:
+    """Coverage and micro-averaged precision/recall over scenes (NaN where undefined)."""
+    tot = {k: sum(c[k] for c in counts) for k in (counts[0] if counts else [])}
+
+    def ratio(a: str, b: str) -> float:
+        return tot[a] / tot[b] if tot.get(b) else float("nan")
+
+    return {"scenes": len(counts), "semantic_coverage": ratio("semantic_labelled", "vertices"),
+            "semantic_precision": ratio("semantic_correct", "semantic_checked"),
+            "semantic_recall": ratio("semantic_correct", "annotated"),
+            "instance_coverage": ratio("instance_vertices", "vertices"),
+            "proposals": int(tot.get("proposals", 0)), "pseudo_instances": int(tot.get("pseudo_instances", 0)),
+            "instance_precision": ratio("pseudo_matched", "pseudo_instances"),
+            "instance_recall": ratio("true_matched", "true_instances")}
+
+
+@torch.no_grad()
+def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, instances: bool,
+                       certainty_threshold: float = 0.5, recorrect: bool = False,
+                       device: torch.device | str = "cpu") -> PseudoLabels:
+    """A teacher's pseudo labels for one prepared scene (TWIST, supplementary Sec. B).
+
+    Semantics: vertices with max class probability > ``selftrain.semantic_threshold``,
+    spread over superpoints. With ``instances`` (rounds >= 2): the teacher's clusters
+    (corrected by Psi when ``recorrect``) with certainty >= ``certainty_threshold`` are
+    snapped to superpoints, trimmed of confidently disagreeing vertices and kept if they
+    still have ``selftrain.min_vertices``; their vertices take their class. Certainty is
+    Psi's (class probability x predicted IoU) or, without Psi, the cluster confidence
+    (mean class probability x seed score). Vertices whose semantic pseudo label is an
+    instance class but that no kept proposal covers get ``UNKNOWN_INSTANCE``: an object
+    the teacher could not delineate is not evidence of "no object there".
+    """
+    st = cfg.selftrain
+    model.eval()
+    n = len(scene["xyz"])
+    feats = input_features(scene["rgb"], scene["normals"] if cfg.data.use_normals else None)
+    vox = voxelize(scene["xyz"] - scene["xyz"].min(0), feats, voxel_size=cfg.data.voxel_size, scene=scene["scene"])
+    batch = collate([vox]).to(device)
+    out = model(batch)
+    inverse = resolve_inverse(vox.inverse).to(device)
+    probs = torch.softmax(out.semantic_logits, 1)[inverse].cpu().numpy()
+    superpoint = scene["superpoint"]
+    semantic = spread_confident_semantics(probs, superpoint, st.semantic_threshold)
+    if not instances:
+        return PseudoLabels(semantic, np.full(n, UNKNOWN_INSTANCE, np.int64), np.zeros(0, np.int64),
+                            np.zeros(0, np.float32), 0)
+    clusters = cluster_output(out, cfg.cluster)
+    if recorrect:
+        clusters = recorrect_clusters(model, out, batch, clusters)
+    vertex_instance = clusters.voxel_instance[inverse].cpu().numpy()
+    classes, certainty = clusters.classes.cpu().numpy(), clusters.scores.cpu().numpy()
+    arg, conf = probs.argmax(1), probs.max(1)
+    masks, kept_cls, kept_cert = [], [], []
+    for k in keep_certain(certainty, certainty_threshold):
+        mask = snap_to_superpoints(vertex_instance == k, superpoint)
+        mask = trim_disagreeing(mask, int(classes[k]), arg, conf, st.semantic_threshold)
+        if mask.sum() >= st.min_vertices:
+            masks.append(mask)
+            kept_cls.append(int(classes[k]))
+            kept_cert.append(float(certainty[k]))
+    instance, present = paint_instances(n, masks, kept_cert)
+    semantic = paint_proposals(semantic, masks, kept_cls, kept_cert)
+    instance[(instance < 0) & (semantic >= FIRST_INSTANCE_TRAIN_ID)] = UNKNOWN_INSTANCE
+    return PseudoLabels(semantic, instance, np.asarray(kept_cls, np.int64)[present],
+                        np.asarray(kept_cert, np.float32)[present], clusters.num_instances)

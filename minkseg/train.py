@@ -18,11 +18,12 @@ from tqdm import tqdm
 
 from minkseg.config import Config, from_dict, save_config, to_dict
 from minkseg.data.dataset import PreparedScenes
-from minkseg.data.voxelize import collate
+from minkseg.data.voxelize import VoxelBatch, collate
 from minkseg.evaluate import evaluate_scenes, write_json
 from minkseg.inference import ground_truth_ids, predict_scene
 from minkseg.losses import batch_loss
 from minkseg.models.model import SegmentationModel
+from minkseg.proposals import recorrection_batch_loss
 from scannet_tools.io import atomic_path
 from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
 from scannet_tools.splits import limited_reconstruction, resolve_split, sample_labeled
@@ -31,7 +32,8 @@ from scannet_tools.splits import limited_reconstruction, resolve_split, sample_l
 def build_model(cfg: Config) -> SegmentationModel:
     in_ch = 6 if cfg.data.use_normals else 3
     m = cfg.model
-    return SegmentationModel.build(m.head, m.backbone, in_ch, m.anisotropic, m.heteroscedastic, m.embedding_unit)
+    return SegmentationModel.build(m.head, m.backbone, in_ch, m.anisotropic, m.heteroscedastic, m.embedding_unit,
+                                   m.recorrector)
 
 
 def split_scenes(cfg: Config, split: str) -> list[str]:
@@ -59,6 +61,17 @@ def loss_weights(cfg: Config):
     return cfg.loss.probabilistic if cfg.model.head == "probabilistic" else cfg.loss.margin
 
 
+def training_loss(model: SegmentationModel, batch: VoxelBatch, cfg: Config) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch; ``total`` is L_Phi (+ alpha L_Psi with the re-correction module)."""
+    out = model(batch)
+    terms = batch_loss(out, batch, loss_weights(cfg), cfg.loss.chunk_elements)
+    if model.recorrector is not None:
+        psi = recorrection_batch_loss(model, out, batch, cfg.cluster, cfg.loss.recorrect_proposals)
+        terms.update(psi)
+        terms["total"] = terms["total"] + cfg.loss.recorrect * sum(psi.values())
+    return terms
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -77,7 +90,11 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, device: str | None = None):
+    """Trains ``cfg`` on its labelled training scenes, or on ``dataset`` when given
+    (self-training rounds); ``init_model`` is a state dict to start from (a teacher)."""
+
+    def __init__(self, cfg: Config, resume: bool = False, device: str | None = None,
+                 dataset: PreparedScenes | None = None, init_model: dict | None = None):
         self.cfg = cfg
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if cfg.train.threads:
@@ -86,15 +103,17 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg).to(self.device)
+        if init_model is not None:
+            self.model.load_state_dict(init_model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.train.lr_milestones,
                                                               cfg.train.lr_gamma)
         train = split_scenes(cfg, cfg.data.train_split)
         self.train_scenes = labeled_scenes(cfg, train)
         self.val_scenes = split_scenes(cfg, cfg.data.val_split) if cfg.train.val_every else []
-        self.dataset = PreparedScenes.from_dir(cfg.data.prepared, self.train_scenes, voxel_size=cfg.data.voxel_size,
-                                               augment=cfg.data.augment, use_normals=cfg.data.use_normals,
-                                               seed=cfg.train.seed)
+        self.dataset = dataset or PreparedScenes.from_dir(
+            cfg.data.prepared, self.train_scenes, voxel_size=cfg.data.voxel_size, augment=cfg.data.augment,
+            use_normals=cfg.data.use_normals, seed=cfg.train.seed)
         self.epoch, self.epoch_step, self.step, self.best = 0, 0, 0, -1.0
         last = self.run_dir / "last.pth"
         if resume:
@@ -143,7 +162,7 @@ class Trainer:
                         return self._save("last.pth")
                     t0 = time.time()
                     batch = collate([self.dataset[i] for i in b]).to(self.device)
-                    terms = batch_loss(self.model(batch), batch, loss_weights(self.cfg), self.cfg.loss.chunk_elements)
+                    terms = training_loss(self.model, batch, self.cfg)
                     self.optimizer.zero_grad(set_to_none=True)
                     terms["total"].backward()
                     self.optimizer.step()

@@ -142,3 +142,40 @@ def test_margin_loss_chunked_over_instances_is_the_same():
         assert a[key].item() == pytest.approx(b[key].item())
     a["total"].backward()
     assert torch.isfinite(emb.grad).all() and torch.isfinite(sig.grad).all()
+
+
+@pytest.mark.parametrize("head", ["probabilistic", "margin"])
+def test_unknown_instance_voxels_only_train_semantics(head):
+    """Pseudo-labelled voxels of unknown instance membership: instance terms as if they were
+    absent, semantic cross-entropy over all voxels; their embeddings get no gradient from
+    the instance terms."""
+    x, inst, _ = planted(n_per=30)
+    g = torch.Generator().manual_seed(3)
+    extra = torch.rand(40, 3, generator=g) * 4
+    xs = torch.cat([x, extra])
+    insts = torch.cat([inst, torch.full((40,), -1)])
+    known = torch.cat([torch.ones(len(x), dtype=torch.bool), torch.zeros(40, dtype=torch.bool)])
+    emb = (xs + 0.2 * torch.randn(xs.shape, generator=g)).requires_grad_()
+    sig = (0.1 * torch.randn(xs.shape, generator=g) - 1).requires_grad_()
+    labels = torch.where(insts >= 0, 5, 1)
+    labels[len(x):] = 7  # an instance class, but no instance label
+    cls = torch.full((4,), 3)
+    if head == "probabilistic":
+        scores, sem = torch.randn(len(xs), 19, generator=g), torch.randn(len(xs), 20, generator=g)
+        fn = probabilistic_loss
+        skip = ("entropy",)  # Eq. (7) regularizes every voxel's sigma
+    else:
+        scores, sem = torch.randn(len(xs), 18, generator=g), torch.randn(len(xs), 20, generator=g)
+        fn = margin_loss
+        skip = ()
+    with_unknown = fn(emb, sig, scores, sem, labels, insts, cls, instance_known=known)
+    alone = fn(emb[:len(x)], sig[:len(x)], scores[:len(x)], sem[:len(x)], labels[:len(x)], inst, cls)
+    for key in with_unknown:
+        if key in ("semantic", "total") + skip:
+            continue
+        assert with_unknown[key].item() == pytest.approx(alone[key].item())
+    full_ce = torch.nn.functional.cross_entropy(sem, labels)
+    assert with_unknown["semantic"].item() == pytest.approx(full_ce.item())
+    instance_terms = sum(v for k, v in with_unknown.items() if k not in ("semantic", "total") + skip)
+    instance_terms.backward()
+    assert (emb.grad[len(x):] == 0).all() and emb.grad[:len(x)].abs().sum() > 0

@@ -3,6 +3,10 @@
 One voxel per occupied ``voxel_size`` cell (MinkowskiEngine's ``sparse_quantize``, i.e.
 ``floor(x / voxel_size)``). Voxel features are those of one representative vertex; voxel
 labels are the majority vote of the voxel's labelled vertices.
+
+Pseudo-labelled scenes (self-training) mark vertices whose instance membership is not
+known with :data:`UNKNOWN_INSTANCE`: their semantics still train the semantic head, but
+the instance losses skip their voxels (``instance_known``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import torch
 
 from minkseg.sparse import ME
 from scannet_tools.labels import IGNORE_ID
+
+UNKNOWN_INSTANCE = -2  # per-vertex instance id: "may belong to an instance we have no label for"
 
 
 @dataclass
@@ -29,6 +35,9 @@ class VoxelScene:
     instance_class: torch.Tensor  # (K,) int64 train id of each instance
     inverse: torch.Tensor  # (N_vertices,) int64
     voxel_size: float
+    instance_known: torch.Tensor | None = None  # (M,) bool; None: every voxel's instance is known
+    labeled: bool = True  # ground-truth labels (False: pseudo labels from a teacher)
+    weight: float = 1.0  # this scene's factor in the batch loss
 
     @property
     def num_instances(self) -> int:
@@ -72,7 +81,8 @@ def voxelize(
     ``keep`` (bool per vertex) marks the vertices that survive a crop; the others get
     ``inverse = -1`` and are resolved later by :func:`minkseg.devoxelize.devoxelize`.
     Instances are renumbered 0..K-1 in order of their ids; an instance whose voxels all
-    lose the majority vote, or that has no labelled voxel, disappears.
+    lose the majority vote, or that has no labelled voxel, disappears. Voxels whose vote
+    is :data:`UNKNOWN_INSTANCE` get ``instance_known = False``.
     """
     n = len(xyz)
     idx = np.arange(n) if keep is None else np.flatnonzero(keep)
@@ -92,8 +102,11 @@ def voxelize(
         sem = majority_vote(inverse_map, semantic[idx].astype(np.int64), m, IGNORE_ID)
     inst = np.full(m, -1, np.int64)
     inst_class = np.zeros(0, np.int64)
+    known = None
     if instance is not None:
         vox_inst = majority_vote(inverse_map, instance[idx].astype(np.int64), m, -1)
+        if (vox_inst == UNKNOWN_INSTANCE).any():
+            known = torch.from_numpy(vox_inst != UNKNOWN_INSTANCE)
         present = vox_inst >= 0
         if present.any():
             ids, inst[present] = np.unique(vox_inst[present], return_inverse=True)
@@ -117,6 +130,7 @@ def voxelize(
         instance_class=torch.from_numpy(inst_class),
         inverse=torch.from_numpy(inverse),
         voxel_size=voxel_size,
+        instance_known=known,
     )
 
 
@@ -131,11 +145,12 @@ class VoxelBatch:
     instance: torch.Tensor  # instance index unique across the batch, -1 none
     instance_class: torch.Tensor
     batch: torch.Tensor  # (M,) int64
+    instance_known: torch.Tensor  # (M,) bool
     scenes: list[VoxelScene]
 
     def to(self, device: torch.device | str) -> VoxelBatch:
         moved = {k: getattr(self, k).to(device) for k in
-                 ("coords", "feats", "centers", "semantic", "instance", "instance_class", "batch")}
+                 ("coords", "feats", "centers", "semantic", "instance", "instance_class", "batch", "instance_known")}
         return VoxelBatch(**moved, scenes=self.scenes)
 
 
@@ -153,4 +168,6 @@ def collate(scenes: list[VoxelScene]) -> VoxelBatch:
         centers=torch.cat([s.centers for s in scenes]), semantic=torch.cat([s.semantic for s in scenes]),
         instance=torch.cat(inst), instance_class=torch.cat([s.instance_class for s in scenes]),
         batch=torch.cat(batch), scenes=scenes,
+        instance_known=torch.cat([torch.ones(len(s.coords), dtype=torch.bool) if s.instance_known is None
+                                  else s.instance_known for s in scenes]),
     )

@@ -16,10 +16,11 @@ from .probabilistic import ProbabilisticLossWeights, probabilistic_loss
 def batch_loss(out: ModelOutput, batch: VoxelBatch,
                weights: ProbabilisticLossWeights | MarginLossWeights | None = None,
                chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
-    """Mean over the batch's scenes of the per-scene loss of the model's instance head.
+    """Weighted mean over the batch's scenes of the per-scene loss of the model's instance head.
 
     Scenes are separated because voxel coordinates of different scenes overlap and their
-    embeddings must never be compared.
+    embeddings must never be compared. Each scene's terms are scaled by its ``weight``
+    (self-training down-weights pseudo-labelled scenes).
     """
     terms: dict[str, torch.Tensor] = {}
     offset = 0
@@ -34,15 +35,17 @@ def batch_loss(out: ModelOutput, batch: VoxelBatch,
         if isinstance(head, ProbabilisticOutput):
             t = probabilistic_loss(head.mu[rows], head.log_sigma[rows], head.score_logits[rows],
                                    out.semantic_logits[rows], batch.semantic[rows], inst, cls,
-                                   weights or ProbabilisticLossWeights(), chunk_elements=chunk_elements)
+                                   weights or ProbabilisticLossWeights(), chunk_elements=chunk_elements,
+                                   instance_known=batch.instance_known[rows])
         elif isinstance(head, MarginOutput):
             t = margin_loss(head.embedding[rows], head.sigma_logit[rows], head.seed_logits[rows],
                             out.semantic_logits[rows], batch.semantic[rows], inst, cls,
-                            weights or MarginLossWeights(), chunk_elements=chunk_elements)
+                            weights or MarginLossWeights(), chunk_elements=chunk_elements,
+                            instance_known=batch.instance_known[rows])
         else:
             raise TypeError(f"unknown instance head output {type(head).__name__}")
         for name, v in t.items():
-            terms[name] = terms.get(name, 0) + v / len(batch.scenes)
+            terms[name] = terms.get(name, 0) + scene.weight * v / len(batch.scenes)
     return terms
 
 

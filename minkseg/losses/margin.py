@@ -54,15 +54,18 @@ class MarginLossWeights:
 def margin_loss(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logits: torch.Tensor,
                 semantic_logits: torch.Tensor, semantic: torch.Tensor, instance: torch.Tensor,
                 instance_class: torch.Tensor, weights: MarginLossWeights | None = None,
-                ignore_index: int = -100, chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
+                ignore_index: int = -100, chunk_elements: int = 1 << 22,
+                instance_known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Lovasz hinge per instance, sigma smoothness, seed regression and semantic CE, for one scene.
 
     Instances are processed in groups of ``chunk_elements // N`` so the (group, N) kernel
-    and sort buffers stay bounded.
+    and sort buffers stay bounded. Voxels with ``instance_known`` False (pseudo-labelled
+    scenes) only enter the semantic term.
     """
     weights = weights or MarginLossWeights()
     known = semantic != ignore_index
-    e, s, seed, inst = embedding[known], sigma_logit[known], seed_logits[known], instance[known]
+    ins = known if instance_known is None else known & instance_known
+    e, s, seed, inst = embedding[ins], sigma_logit[ins], seed_logits[ins], instance[ins]
     n, k = len(e), len(instance_class)
     zero = embedding.sum() * 0
     out = {"lovasz": zero, "smooth": zero, "seed": zero}

@@ -121,22 +121,25 @@ class ProbabilisticLossWeights:
 def probabilistic_loss(mu: torch.Tensor, log_sigma: torch.Tensor, score_logits: torch.Tensor,
                        semantic_logits: torch.Tensor, semantic: torch.Tensor, instance: torch.Tensor,
                        instance_class: torch.Tensor, weights: ProbabilisticLossWeights | None = None,
-                       ignore_index: int = -100, chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
+                       ignore_index: int = -100, chunk_elements: int = 1 << 22,
+                       instance_known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Eq. (15) plus semantic cross-entropy, for one scene.
 
     L = w_ins (L_InsCE + L_logDice) + w_score L_Score + w_ent L_Reg + w_sem L_CE.
     ``instance`` is 0..K-1 / -1 per voxel, ``instance_class`` the train id of each instance
-    mapped to 0..L-1 (instance classes), ``semantic`` the train id per voxel.
+    mapped to 0..L-1 (instance classes), ``semantic`` the train id per voxel. Voxels with
+    ``instance_known`` False (pseudo-labelled scenes) are left out of Eqs. (4), (5), (10).
     """
     weights = weights or ProbabilisticLossWeights()
     known = semantic != ignore_index
+    ins = known if instance_known is None else known & instance_known
     k = len(instance_class)
-    terms = instance_loss(mu[known], log_sigma[known], instance[known], k, chunk_elements)
-    q = score_targets(terms.own_kernel, instance[known], instance_class, score_logits.shape[1] - 1)
+    terms = instance_loss(mu[ins], log_sigma[ins], instance[ins], k, chunk_elements)
+    q = score_targets(terms.own_kernel, instance[ins], instance_class, score_logits.shape[1] - 1)
     out = {
         "ins_ce": terms.ins_ce,
         "log_dice": terms.log_dice,
-        "score": score_loss(score_logits[known], q) if known.any() else score_logits.sum() * 0,
+        "score": score_loss(score_logits[ins], q) if ins.any() else score_logits.sum() * 0,
         "entropy": entropy_regularizer(log_sigma),
         "semantic": F.cross_entropy(semantic_logits, semantic, ignore_index=ignore_index)
         if known.any() else semantic_logits.sum() * 0,

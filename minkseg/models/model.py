@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from minkseg.data.voxelize import VoxelBatch
 from minkseg.sparse import ME
 
 from .heads import MarginHead, MarginOutput, ProbabilisticHead, ProbabilisticOutput, SemanticHead
+from .recorrect import ProposalRecorrector
 from .unet import build_backbone
 
 
@@ -18,6 +20,13 @@ from .unet import build_backbone
 class ModelOutput:
     semantic_logits: torch.Tensor  # (M, 20)
     instance: ProbabilisticOutput | MarginOutput
+    features: torch.Tensor | None = None  # (M, C) decoder features (input of the re-correction module)
+
+    def select(self, rows: torch.Tensor) -> ModelOutput:
+        """The outputs of some voxels (e.g. one scene of a batch)."""
+        inst = type(self.instance)(**{f.name: getattr(self.instance, f.name)[rows]
+                                      for f in dataclasses.fields(self.instance)})
+        return ModelOutput(self.semantic_logits[rows], inst, None if self.features is None else self.features[rows])
 
 
 class SegmentationModel(nn.Module):
@@ -25,19 +34,22 @@ class SegmentationModel(nn.Module):
 
     ``embedding_unit`` scales voxel centres before they enter the embedding
     (mu = x / unit + tanh(o)): with the default 1.0 the tanh offset reaches 1 m.
+    ``recorrector`` (self-training) is TWIST's proposal re-correction module, or None.
     """
 
-    def __init__(self, backbone: nn.Module, instance_head: nn.Module, embedding_unit: float = 1.0):
+    def __init__(self, backbone: nn.Module, instance_head: nn.Module, embedding_unit: float = 1.0,
+                 recorrector: ProposalRecorrector | None = None):
         super().__init__()
         self.backbone = backbone
         self.semantic = SemanticHead(backbone.out_channels)
         self.instance_head = instance_head
         self.embedding_unit = embedding_unit
+        self.recorrector = recorrector
 
     @classmethod
     def build(cls, head: str = "probabilistic", backbone: str = "MinkUNet34C", in_channels: int = 3,
-              anisotropic: bool = True, heteroscedastic: bool = True, embedding_unit: float = 1.0
-              ) -> SegmentationModel:
+              anisotropic: bool = True, heteroscedastic: bool = True, embedding_unit: float = 1.0,
+              recorrector: bool = False) -> SegmentationModel:
         net = build_backbone(backbone, in_channels)
         if head == "probabilistic":
             inst = ProbabilisticHead(net.out_channels, anisotropic=anisotropic, heteroscedastic=heteroscedastic)
@@ -45,7 +57,7 @@ class SegmentationModel(nn.Module):
             inst = MarginHead(net.out_channels)
         else:
             raise ValueError(f"unknown head {head!r}; choose probabilistic or margin")
-        return cls(net, inst, embedding_unit)
+        return cls(net, inst, embedding_unit, ProposalRecorrector(net.out_channels) if recorrector else None)
 
     def forward(self, batch: VoxelBatch) -> ModelOutput:
         x = ME.SparseTensor(batch.feats, coordinates=batch.coords)
@@ -54,4 +66,4 @@ class SegmentationModel(nn.Module):
         # coordinate map, so f.F rows line up with batch rows.
         feats = f.F
         inst = self.instance_head(feats, batch.centers / self.embedding_unit, batch.batch)
-        return ModelOutput(self.semantic(feats), inst)
+        return ModelOutput(self.semantic(feats), inst, feats)
