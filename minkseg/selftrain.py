@@ -229,10 +229,13 @@ def _pct(v: float | None) -> str:
 
 
 def _format_stats(s: dict) -> str:
-    return (f"round {s['round']} pseudo labels on {s['scenes']} scenes: semantic coverage "
+    text = (f"round {s['round']} pseudo labels on {s['scenes']} scenes: semantic coverage "
             f"{_pct(s['semantic_coverage'])}%, precision {_pct(s['semantic_precision'])}%, recall "
-            f"{_pct(s['semantic_recall'])}%; {s['pseudo_instances']} of {s['proposals']} proposals kept, instance "
-            f"precision {_pct(s['instance_precision'])}%, recall {_pct(s['instance_recall'])}%")
+            f"{_pct(s['semantic_recall'])}%; ")
+    if not s["instances"]:
+        return text + "no instance pseudo labels in this round"
+    return text + (f"{s['pseudo_instances']} of {s['proposals']} proposals kept, instance precision "
+                   f"{_pct(s['instance_precision'])}%, recall {_pct(s['instance_recall'])}%")
 
 
 def format_summary(rows: list[dict]) -> str:
