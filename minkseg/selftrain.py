@@ -124,9 +124,9 @@ class SelfTraining:
                 data = load_prepared(Path(self.cfg.data.prepared) / f"{scene}{PREPARED_SUFFIX}")
                 labels = pseudo_label_scene(teacher, data, teacher_cfg, instances, threshold, recorrect, self.device)
                 labels.save(path, pseudo_label_stats(labels, data))
-            except (OSError, ValueError, KeyError) as e:  # one bad scene must not stop the round
+            except Exception as e:  # a bad scene (e.g. a truncated .npz) must not stop the round
                 failed.append(scene)
-                tqdm.write(f"{scene}: no pseudo labels ({e})")
+                tqdm.write(f"{scene}: no pseudo labels ({type(e).__name__}: {e})")
         counts = [load_stats(out / f"{s}.npz") for s in self.unlabeled if (out / f"{s}.npz").is_file()]
         stats = summarize_stats(counts) | {"round": r, "instances": instances, "recorrect": recorrect,
                                            "certainty_threshold": threshold if instances else None,

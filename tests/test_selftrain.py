@@ -4,6 +4,7 @@ bookkeeping and resume, and a tiny end-to-end run."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -173,3 +174,16 @@ def test_margin_head_selftraining_without_recorrector(raw_root, prepared_dir, tm
     assert stats["instances"] is True and stats["recorrect"] is False
     state = torch.load(tmp_path / "runs" / "st" / "round_2" / "last.pth", weights_only=False)
     assert not any(k.startswith("recorrector.") for k in state["model"])
+
+
+def test_a_broken_unlabelled_scene_is_reported_and_skipped(raw_root, prepared_dir, tmp_path, capsys):
+    prepared = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, prepared)
+    args = tiny(raw_root, prepared, tmp_path, "selftrain.rounds=1")
+    st = SelfTraining(load_config(None, args))
+    bad = prepared / f"{st.unlabeled[0]}.npz"
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated after round 0 was set up
+    st.run()
+    stats = json.loads((tmp_path / "runs" / "st" / "round_1" / "pseudo" / "stats.json").read_text())
+    assert stats["failed"] == [st.unlabeled[0]] and stats["scenes"] == 0
+    assert f"{st.unlabeled[0]}: no pseudo labels" in capsys.readouterr().out
