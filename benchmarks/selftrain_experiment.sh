@@ -3,7 +3,7 @@
 # supervised-only (round 0, then continued on the labelled scenes for the students' steps)
 # against rounds 1..5. Prints each run's summary table and writes a comparison report.
 #
-#   bash benchmarks/selftrain_experiment.sh [OUT]      (default OUT: selftrain_out; ~35 min on 2 CPU cores)
+#   bash benchmarks/selftrain_experiment.sh [OUT]      (default OUT: selftrain_out; about 45 min on 2 CPU cores)
 set -euo pipefail
 out=${1:-selftrain_out}
 mk=${MINKSEG:-minkseg}
