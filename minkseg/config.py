@@ -70,6 +70,7 @@ class TrainConfig:
     val_every: int = 5  # epochs; 0 disables validation
     select_metric: str = "AP50"  # best checkpoint by this instance metric (mAP, AP50, AP25) or mIoU
     log_every: int = 10  # steps between TensorBoard scalars
+    save_every: int = 1  # epochs between last.pth writes (the last epoch and --max-steps always write)
     threads: int = 0  # torch CPU threads (0: torch's default)
 
 

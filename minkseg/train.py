@@ -182,7 +182,8 @@ class Trainer:
                 self.scheduler.step()
                 if cfg.val_every and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
                     self.validate(writer)
-                self._save("last.pth")
+                if self.epoch % cfg.save_every == 0 or self.epoch == cfg.epochs:
+                    self._save("last.pth")
         finally:
             writer.close()
         return self.run_dir / ("best.pth" if (self.run_dir / "best.pth").is_file() else "last.pth")

@@ -56,6 +56,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(head, raw_root, p
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_checkpoint_every_save_every_epochs_and_at_the_end(raw_root, prepared_dir, tmp_path, monkeypatch):
+    import minkseg.train
+
+    saved = []
+    real = minkseg.train.save_checkpoint
+    monkeypatch.setattr(minkseg.train, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
+                                                                              real(path, state)))
+    cfg = tiny_config(raw_root, prepared_dir, tmp_path, **{"train.epochs": 5, "train.save_every": 2})
+    Trainer(cfg).fit()
+    assert saved == [2, 4, 5]
+    assert torch.load(cfg.run_dir / "last.pth", weights_only=False)["epoch"] == 5
+
+
 def test_files_evaluate_like_memory_and_validator_accepts_own_output(raw_root, prepared_dir, tmp_path):
     gt_dir = tmp_path / "gt"
     export_gt_all(raw_root / "scans", gt_dir, raw_root / "scannetv2-labels.combined.tsv")
