@@ -6,7 +6,7 @@
 #   bash benchmarks/selftrain_experiment.sh [OUT]      (default OUT: selftrain_out; about 45 min on 2 CPU cores)
 set -euo pipefail
 out=${1:-selftrain_out}
-mk=${MINKSEG:-minkseg}
+mk=${MINKSEG:-$( [ -x .venv/bin/minkseg ] && echo .venv/bin/minkseg || echo minkseg )}
 $mk synth --out "$out/scannet" --scenes 24 --seed 0
 $mk prepare --scans "$out/scannet/scans" --out "$out/prepared" --workers 2
 for head in probabilistic margin; do
