@@ -32,6 +32,24 @@ def _add_scans_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo scenes that are already done (default: skip them)")
 
 
+def _add_run_args(p: argparse.ArgumentParser, resume_help: str) -> None:
+    """Arguments of the training subcommands (train, selftrain)."""
+    p.add_argument("config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*",
+                   help="dotted key=value overrides, e.g. train.lr=0.01 model.head=margin selftrain.rounds=3")
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--deterministic", action="store_true",
+                   help="bitwise-reproducible CPU training (one OpenMP thread for MinkowskiEngine; slower)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
+def _pin_openmp_threads(args: argparse.Namespace) -> None:
+    if args.deterministic:
+        # must precede the first torch import: MinkowskiEngine's CPU kernel maps are built by
+        # OpenMP threads in arrival order, and only this variable pins their number
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def _split_scenes(args: argparse.Namespace) -> list[str] | None:
     if args.split is None:
         return None
@@ -85,10 +103,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.deterministic:
-        # must precede the first torch import: MinkowskiEngine's CPU kernel maps are built by
-        # OpenMP threads in arrival order, and only this variable pins their number
-        os.environ["OMP_NUM_THREADS"] = "1"
+    _pin_openmp_threads(args)
     from minkseg.config import load_config
     from minkseg.train import Trainer
 
@@ -102,8 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_selftrain(args: argparse.Namespace) -> int:
-    if args.deterministic:
-        os.environ["OMP_NUM_THREADS"] = "1"  # see cmd_train
+    _pin_openmp_threads(args)
     from minkseg.config import load_config
     from minkseg.selftrain import SelfTraining
 
@@ -275,13 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "The run folder runs/<name>/ holds config.yaml, last.pth, best.pth, val/*.json "
                                    "and TensorBoard logs (tensorboard --logdir runs).",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path, help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=0.01 model.head=margin")
-    p.add_argument("--resume", action="store_true", help="continue runs/<name>/last.pth exactly where it stopped")
+    _add_run_args(p, "continue runs/<name>/last.pth exactly where it stopped")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
-    p.add_argument("--deterministic", action="store_true",
-                   help="bitwise-reproducible CPU training (one OpenMP thread for MinkowskiEngine; slower)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("selftrain", help="TWIST-style self-training rounds for limited labels",
@@ -297,12 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "precision/recall per round) and compare/report.md. Example: "
                                    "`minkseg selftrain configs/synthetic_probabilistic.yaml data.label_ratio=0.1 "
                                    "name=st10 selftrain.epochs=4`.")
-    p.add_argument("config", type=Path, help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. selftrain.rounds=3")
-    p.add_argument("--resume", action="store_true",
-                   help="continue runs/<name>/ after its last finished round, pseudo-label set or checkpoint")
-    p.add_argument("--deterministic", action="store_true", help="as for train")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_run_args(p, "continue runs/<name>/ after its last finished round, pseudo-label set or checkpoint")
     p.set_defaults(func=cmd_selftrain)
 
     p = sub.add_parser("evaluate", help="ScanNet benchmark metrics (AP, AP50, AP25, mIoU)",

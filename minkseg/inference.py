@@ -9,7 +9,7 @@ import torch
 
 from minkseg.cluster import Clusters, cluster_margin, cluster_probabilistic
 from minkseg.config import ClusterConfig, Config
-from minkseg.data.voxelize import collate, input_features, voxelize
+from minkseg.data.voxelize import VoxelBatch, collate, input_features, voxelize
 from minkseg.devoxelize import resolve_inverse
 from minkseg.metrics import InstancePrediction
 from minkseg.models.heads import ProbabilisticOutput
@@ -35,17 +35,33 @@ def cluster_output(out: ModelOutput, cfg: ClusterConfig, max_instances: int = 50
                           cfg.tau_margin, cfg.seed_threshold, cfg.min_size, max_instances)
 
 
+@dataclass
+class SceneForward:
+    batch: VoxelBatch  # the scene as a one-scene batch, on the model's device
+    out: ModelOutput
+    inverse: torch.Tensor  # (N,) voxel of every vertex (cropped-away vertices resolved)
+
+
 @torch.no_grad()
-def predict_scene(model: SegmentationModel, scene: dict, cfg: Config, device: torch.device | str = "cpu"
-                  ) -> ScenePrediction:
-    """Predictions for every mesh vertex of one prepared scene (see scannet_tools.prepare)."""
+def forward_scene(model: SegmentationModel, scene: dict, cfg: Config, device: torch.device | str = "cpu"
+                  ) -> SceneForward:
+    """Voxelize one prepared scene (no augmentation) and run the model on it in eval mode."""
     model.eval()
     xyz = scene["xyz"] - scene["xyz"].min(0)
     feats = input_features(scene["rgb"], scene["normals"] if cfg.data.use_normals else None)
     vox = voxelize(xyz, feats, voxel_size=cfg.data.voxel_size, scene=scene["scene"])
-    out = model(collate([vox]).to(device))
+    batch = collate([vox]).to(device)
+    return SceneForward(batch, model(batch), resolve_inverse(vox.inverse).to(device))
+
+
+@torch.no_grad()
+def predict_scene(model: SegmentationModel, scene: dict, cfg: Config, device: torch.device | str = "cpu"
+                  ) -> ScenePrediction:
+    """Predictions for every mesh vertex of one prepared scene (see scannet_tools.prepare)."""
+    f = forward_scene(model, scene, cfg, device)
+    out, inverse = f.out, f.inverse
+    xyz = scene["xyz"]
     clusters = cluster_output(out, cfg.cluster)
-    inverse = resolve_inverse(vox.inverse).to(device)
     sem_train = out.semantic_logits.argmax(1)[inverse].cpu().numpy()
     vertex_instance = clusters.voxel_instance[inverse].cpu().numpy()
     # one pass groups vertices by instance: masks without a K x N dense matrix

@@ -76,7 +76,7 @@ def recorrect_clusters(model: SegmentationModel, out: ModelOutput, batch: VoxelB
     k = clusters.num_instances
     r = model.recorrector(out.features, batch.coords[:, 1:], batch.centers, members, owner, k)
     probs = torch.softmax(r.class_logits, 1)[:, :-1]
-    cls_prob, cls = probs.max(1) if k else (probs.new_zeros(0), probs.new_zeros(0, dtype=torch.long))
+    cls_prob, cls = probs.max(1)
     certainty = cls_prob * torch.sigmoid(r.certainty_logits)
     voxel_instance = torch.full_like(clusters.voxel_instance, -1)
     keep = r.mask_logits > 0

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from minkseg.config import Config
-from minkseg.data.voxelize import UNKNOWN_INSTANCE, collate, input_features, voxelize
-from minkseg.devoxelize import resolve_inverse
-from minkseg.inference import cluster_output
+from minkseg.data.voxelize import UNKNOWN_INSTANCE
+from minkseg.inference import cluster_output, forward_scene
 from minkseg.models.model import SegmentationModel
 from minkseg.proposals import recorrect_clusters
 from scannet_tools.io import atomic_path
@@ -132,11 +131,11 @@ def instance_precision_recall(pseudo: np.ndarray, pseudo_class: np.ndarray, trut
     ``pseudo`` is 0..K-1 per vertex (negative: none), ``pseudo_class`` its train ids;
     ``truth`` the prepared instance ids (negative: none) with classes from ``truth_semantic``.
     """
-    true_ids, t = np.unique(np.where(truth >= 0, truth, -1), return_inverse=True)
-    has_none = len(true_ids) and true_ids[0] < 0
-    t = t - 1 if has_none else t
-    g = len(true_ids) - int(bool(has_none))
-    k = len(pseudo_class)
+    fg = truth >= 0
+    ids, compact = np.unique(truth[fg], return_inverse=True)
+    t = np.full(len(truth), -1, np.int64)
+    t[fg] = compact
+    g, k = len(ids), len(pseudo_class)
     if g == 0 or k == 0:
         return 0, k, 0, g
     true_class = np.zeros(g, np.int64)
@@ -220,13 +219,9 @@ def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, insta
     the teacher could not delineate is not evidence of "no object there".
     """
     st = cfg.selftrain
-    model.eval()
     n = len(scene["xyz"])
-    feats = input_features(scene["rgb"], scene["normals"] if cfg.data.use_normals else None)
-    vox = voxelize(scene["xyz"] - scene["xyz"].min(0), feats, voxel_size=cfg.data.voxel_size, scene=scene["scene"])
-    batch = collate([vox]).to(device)
-    out = model(batch)
-    inverse = resolve_inverse(vox.inverse).to(device)
+    f = forward_scene(model, scene, cfg, device)
+    out, inverse = f.out, f.inverse
     probs = torch.softmax(out.semantic_logits, 1)[inverse].cpu().numpy()
     superpoint = scene["superpoint"]
     semantic = spread_confident_semantics(probs, superpoint, st.semantic_threshold)
@@ -235,7 +230,7 @@ def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, insta
                             np.zeros(0, np.float32), 0)
     clusters = cluster_output(out, cfg.cluster)
     if recorrect:
-        clusters = recorrect_clusters(model, out, batch, clusters)
+        clusters = recorrect_clusters(model, out, f.batch, clusters)
     vertex_instance = clusters.voxel_instance[inverse].cpu().numpy()
     classes, certainty = clusters.classes.cpu().numpy(), clusters.scores.cpu().numpy()
     arg, conf = probs.argmax(1), probs.max(1)

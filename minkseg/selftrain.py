@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minkseg.config import Config, save_config, to_dict
+from minkseg.config import Config, load_config, save_config, to_dict
 from minkseg.data.dataset import PreparedScenes
 from minkseg.evaluate import write_json
 from minkseg.pseudo_labels import load_stats, pseudo_label_scene, pseudo_label_stats, summarize_stats
@@ -87,8 +87,7 @@ class SelfTraining:
                 raise FileExistsError(f"{self.root} already holds a self-training run; pass --resume or another name=")
             if json.loads((self.root / "split.json").read_text()) != split:
                 raise ValueError(f"{self.root}/split.json: the run was started with another label split")
-            saved = (self.root / "selftrain.yaml").read_text()
-            if saved != _yaml(cfg):
+            if to_dict(load_config(self.root / "selftrain.yaml")) != to_dict(cfg):
                 raise ValueError(f"{self.root}/selftrain.yaml: the run was started with a different config")
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.root / "split.json", json.dumps(split, indent=1) + "\n")
@@ -162,8 +161,7 @@ class SelfTraining:
         if r > 0:
             dataset = self.student_dataset(r, self.pseudo_labels(r))
             if self.cfg.selftrain.init_from_teacher:
-                init = torch.load(self.root / f"round_{r - 1}" / "last.pth", map_location=self.device,
-                                  weights_only=False)["model"]
+                init = self._weights(f"round_{r - 1}")
         self._train(cfg, run, dataset, init, f"round {r}")
 
     def train_baseline(self) -> None:
@@ -178,8 +176,12 @@ class SelfTraining:
         cfg.train.epochs = epochs
         files = [Path(self.cfg.data.prepared) / f"{self.labeled[i % len(self.labeled)]}{PREPARED_SUFFIX}"
                  for i in range(len(student))]
-        init = torch.load(self.root / "round_0" / "last.pth", map_location=self.device, weights_only=False)["model"]
-        self._train(cfg, run, self._dataset(files, None, None, st.rounds + 1), init, "supervised, same budget")
+        self._train(cfg, run, self._dataset(files, None, None, st.rounds + 1), self._weights("round_0"),
+                    "supervised, same budget")
+
+    def _weights(self, run: str) -> dict:
+        """The final model weights of a finished round."""
+        return torch.load(self.root / run / "last.pth", map_location=self.device, weights_only=False)["model"]
 
     def _train(self, cfg: Config, run: Path, dataset: PreparedScenes | None, init: dict | None, what: str) -> None:
         trainer = Trainer(cfg, resume=(run / "last.pth").is_file(), device=str(self.device), dataset=dataset,
@@ -203,25 +205,18 @@ class SelfTraining:
         total = 0
         for name in runs:
             m = json.loads((self.root / name / "metrics.json").read_text())
-            total = m["steps"] if name == BASELINE else total + m["steps"]
+            # rounds add up; the baseline continues round 0
+            total = (rows[0]["steps"] if name == BASELINE else total) + m["steps"]
             stats_file = self.root / name / "pseudo" / "stats.json"
             rows.append({"run": name, "steps": total, "mAP": m["instance"]["mAP"], "AP50": m["instance"]["AP50"],
                          "AP25": m["instance"]["AP25"], "mIoU": m["semantic"]["mIoU"],
                          "pseudo": json.loads(stats_file.read_text()) if stats_file.is_file() else None})
-        if _finished(self.root / BASELINE):
-            rows[-1]["steps"] += json.loads((self.root / "round_0" / "metrics.json").read_text())["steps"]
         summary = {"config": to_dict(self.cfg), "labeled": self.labeled, "unlabeled": self.unlabeled, "rounds": rows}
         write_json(summary, self.root / "summary.json")
         write_text_atomic(self.root / "summary.md", format_summary(rows))
         tqdm.write(format_summary(rows))
         compare_runs([self.root / r for r in runs], self.root / "compare", device=str(self.device))
         return summary
-
-
-def _yaml(cfg: Config) -> str:
-    import yaml
-
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def _pct(v: float | None) -> str:
