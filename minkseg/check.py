@@ -6,12 +6,13 @@ import platform
 
 import torch
 
+from minkseg.device import resolve_device
 from minkseg.sparse import ME
 
 
-def self_check(device: str | None = None) -> str:
+def self_check(device: str | None = "auto") -> str:
     """Run a 3^3 sparse convolution on a random cloud; raise if anything is off."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     g = torch.Generator().manual_seed(0)
     pts = torch.unique(torch.randint(0, 32, (2000, 3), generator=g), dim=0).int()
     coords = torch.cat([torch.zeros(len(pts), 1, dtype=torch.int32), pts], 1)

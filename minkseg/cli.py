@@ -30,6 +30,18 @@ def _add_scans_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="only scenes of this split: train, val, test, a split file, or a comma-separated list")
     p.add_argument("--overwrite", action="store_true", help="redo scenes that are already done (default: skip them)")
+    p.add_argument("--unknown-category", choices=("error", "otherprop", "ignore"), default="error",
+                   help="raw categories the label table does not list (e.g. stick, trashcan): error refuses the "
+                        "scene (default); otherprop labels them NYU40 40 and ignore leaves them unannotated, both "
+                        "outside the benchmark, with a warning that counts their vertices")
+
+
+DEVICE_HELP = ("where the network runs: auto (default) takes the GPU when torch sees one, else the CPU, and under "
+               "torchrun each rank takes cuda:LOCAL_RANK; or cpu, cuda, cuda:K (GPU number K)")
+
+
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _add_run_args(p: argparse.ArgumentParser, resume_help: str) -> None:
@@ -40,7 +52,7 @@ def _add_run_args(p: argparse.ArgumentParser, resume_help: str) -> None:
     p.add_argument("--resume", action="store_true", help=resume_help)
     p.add_argument("--deterministic", action="store_true",
                    help="bitwise-reproducible CPU training (one OpenMP thread for MinkowskiEngine; slower)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_device_arg(p)
 
 
 def _pin_openmp_threads(args: argparse.Namespace) -> None:
@@ -74,8 +86,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from scannet_tools.prepare import prepare_all
 
     t0 = time.time()
-    report = prepare_all(args.scans, args.out, find_label_table(args.scans, args.labels), workers=args.workers,
-                         align=args.align, scenes=_split_scenes(args), overwrite=args.overwrite)
+    table = None if args.no_labels else find_label_table(args.scans, args.labels)
+    report = prepare_all(args.scans, args.out, table, workers=args.workers, align=args.align,
+                         scenes=_split_scenes(args), overwrite=args.overwrite, unknown=args.unknown_category)
     dt = time.time() - t0
     print(report.summary("prepared"))
     if report.done:
@@ -89,7 +102,7 @@ def cmd_export_gt(args: argparse.Namespace) -> int:
     from scannet_tools.labels import find_label_table
 
     report = export_gt_all(args.scans, args.out, find_label_table(args.scans, args.labels), workers=args.workers,
-                           scenes=_split_scenes(args), overwrite=args.overwrite)
+                           scenes=_split_scenes(args), overwrite=args.overwrite, unknown=args.unknown_category)
     print(report.summary("exported"))
     print(f"ground truth in {args.out}/semantic and {args.out}/instance")
     return 0 if report.ok else 1
@@ -98,55 +111,82 @@ def cmd_export_gt(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from minkseg.check import self_check
 
-    print(self_check())
+    print(self_check(args.device))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     _pin_openmp_threads(args)
+    from minkseg import distributed
     from minkseg.config import load_config
+    from minkseg.device import resolve_device
     from minkseg.train import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, resume=args.resume, device=args.device)
-    print(f"run {cfg.run_dir}: {len(trainer.train_scenes)} labelled training scenes, {len(trainer.val_scenes)} "
-          f"validation scenes, {cfg.model.backbone} + {cfg.model.head} head on {trainer.device}")
-    ckpt = trainer.fit(max_steps=args.max_steps)
-    print(f"checkpoint: {ckpt}")
+    device = resolve_device(args.device)
+    with distributed.process_group(device):
+        trainer = Trainer(cfg, resume=args.resume, device=device)
+        if distributed.is_main():
+            print(f"run {cfg.run_dir}: world size {trainer.world} (effective batch {trainer.world} x "
+                  f"{cfg.train.batch_size}), {trainer.workers} data workers per rank, {len(trainer.train_scenes)} "
+                  f"labelled training scenes, {len(trainer.val_scenes)} validation scenes, {cfg.model.backbone} + "
+                  f"{cfg.model.head} head on {trainer.device}", flush=True)
+        ckpt = trainer.fit(max_steps=args.max_steps)
+        if distributed.is_main():
+            print(f"checkpoint: {ckpt}")
     return 0
 
 
 def cmd_selftrain(args: argparse.Namespace) -> int:
     _pin_openmp_threads(args)
+    from minkseg import distributed
     from minkseg.config import load_config
+    from minkseg.device import resolve_device
     from minkseg.selftrain import SelfTraining
 
     cfg = load_config(args.config, args.overrides)
-    SelfTraining(cfg, resume=args.resume, device=args.device).run()
-    print(f"summary: {cfg.run_dir / 'summary.md'}; comparison: {cfg.run_dir / 'compare' / 'report.md'}")
+    device = resolve_device(args.device)
+    with distributed.process_group(device):
+        if distributed.is_main():
+            print(f"self-training {cfg.run_dir}: world size {distributed.world_size()} on {device}", flush=True)
+        SelfTraining(cfg, resume=args.resume, device=device).run()
+        if distributed.is_main():
+            print(f"summary: {cfg.run_dir / 'summary.md'}; comparison: {cfg.run_dir / 'compare' / 'report.md'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minkseg.evaluate import evaluate_dirs, format_metrics, write_json
+    from minkseg.evaluate import evaluate_dirs, format_metrics, missing_scenes_line, write_json
 
     t0 = time.time()
     if args.pred is not None:
         if args.gt is None:
             raise ValueError("--pred needs --gt (a folder written by minkseg export-gt)")
-        metrics = evaluate_dirs(args.pred, args.gt)
+        metrics = evaluate_dirs(args.pred, args.gt, workers=args.workers)
+        warning = missing_scenes_line(metrics)
+        if warning:
+            print(warning, file=sys.stderr)
     else:
         if args.checkpoint is None:
             raise ValueError("give --checkpoint CKPT (with --split), or --pred DIR --gt DIR")
+        from minkseg.device import resolve_device
         from minkseg.train import evaluate_model, load_checkpoint, split_scenes
 
-        model, cfg, _ = load_checkpoint(args.checkpoint, args.device or "cpu")
+        device = resolve_device(args.device)
+        model, cfg, _ = load_checkpoint(args.checkpoint, device)
         if args.prepared:
             cfg.data.prepared = str(args.prepared)
         if args.root:
             cfg.data.root = str(args.root)
-        metrics = evaluate_model(model, cfg, split_scenes(cfg, args.split), args.device or "cpu", progress=True)
+        metrics = evaluate_model(model, cfg, split_scenes(cfg, args.split), device, progress=True)
+        from minkseg.oracle import prepared_ceiling  # what the voxel size allows, beside the metrics
+
+        metrics["ceiling"] = prepared_ceiling(cfg.data.prepared, split_scenes(cfg, args.split), cfg.data.voxel_size)
     print(format_metrics(metrics))
+    if "ceiling" in metrics:
+        from minkseg.oracle import format_ceiling
+
+        print(format_ceiling(metrics["ceiling"]))
     print(f"evaluated in {time.time() - t0:.1f} s")
     if args.json:
         write_json(metrics, args.json)
@@ -155,35 +195,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _split_vertex_counts(scans: Path, split: str) -> dict[str, int]:
-    from scannet_tools.reader import scene_vertex_counts
+    """Mesh vertex count of each scene of the split; one ValueError line when scenes are missing."""
+    from scannet_tools.reader import SceneError, ScenePaths, mesh_vertex_count
     from scannet_tools.splits import resolve_split
 
-    return scene_vertex_counts(scans, resolve_split(split, scans.parent))
+    counts, failed = {}, []
+    for scene in resolve_split(split, scans.parent):
+        try:
+            counts[scene] = mesh_vertex_count(ScenePaths(scans / scene).mesh, scene)
+        except SceneError as e:
+            failed.append(e)
+    if failed:
+        names = ", ".join(e.scene for e in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        raise ValueError(f"{scans}: {len(failed)} of the {len(counts) + len(failed)} scenes of split {split!r} have "
+                         f"no readable mesh ({names}; first: {failed[0]}); is --scans the folder of this split?")
+    return counts
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import tempfile
 
-    import torch
-
+    from minkseg.device import resolve_device
     from minkseg.submission import predict_submission, validate_submission, zip_submission
     from minkseg.train import load_checkpoint
-    from scannet_tools.labels import find_label_table
     from scannet_tools.prepare import prepare_all
     from scannet_tools.splits import resolve_split
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model, cfg, _ = load_checkpoint(args.checkpoint, device)
     scenes = resolve_split(args.split, args.scans.parent)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="minkseg-predict-") as tmp:
-        # the scenes go through the same prepare step as training data (unannotated test scans included)
-        report = prepare_all(args.scans, tmp, find_label_table(args.scans, args.labels), workers=args.workers,
-                             align=args.align, scenes=scenes)
+        # the same prepare step as training data, without labels: prediction needs none, so any scan
+        # with a mesh runs, whatever categories its annotation (if any) uses
+        report = prepare_all(args.scans, tmp, None, workers=args.workers, align=args.align, scenes=scenes)
         if report.failed:
             print(report.summary("prepared"))
             return 1
-        masks = predict_submission(model, cfg, Path(tmp), scenes, args.out, device, args.max_masks, args.min_score)
+        masks = predict_submission(model, cfg, Path(tmp), scenes, args.out, device, args.max_masks, args.min_score,
+                                   workers=args.workers)
     print(f"wrote {len(scenes)} scenes, {masks} instance masks to {args.out} in {time.time() - t0:.1f} s")
     check = validate_submission(args.out, _split_vertex_counts(args.scans, args.split))
     if not check.ok:
@@ -199,6 +249,8 @@ def cmd_validate_submission(args: argparse.Namespace) -> int:
     from minkseg.submission import validate_submission
 
     report = validate_submission(args.submission, _split_vertex_counts(args.scans, args.split))
+    for w in report.warnings:
+        print(f"warning: {w}")
     for p in report.problems:
         print(p)
     print(f"{'OK' if report.ok else 'INVALID'}: {report.scenes} scenes, {report.masks} masks checked, "
@@ -210,23 +262,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from minkseg.compare import compare_runs
 
     results = compare_runs(args.runs, args.out, args.split, args.prepared and str(args.prepared),
-                           args.root and str(args.root), args.device or "cpu")
+                           args.root and str(args.root), args.device)
     for name, m in results.items():
         i = m["instance"]
         print(f"{name:<28} mAP {i['mAP']:.3f}  AP50 {i['AP50']:.3f}  AP25 {i['AP25']:.3f}  "
               f"mIoU {m['semantic']['mIoU']:.3f}")
+    from minkseg.oracle import format_ceiling
+
+    for ceiling in {m["ceiling"]["voxel_size"]: m["ceiling"] for m in results.values()}.values():
+        print(format_ceiling(ceiling))
     print(f"report: {args.out / 'report.md'} (+ report.csv, ap50_per_class.png, ap_vs_iou.png)")
     return 0
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
+    from minkseg.device import resolve_device
     from minkseg.train import load_checkpoint
     from minkseg.visualize import visualize_scene
     from scannet_tools.labels import find_label_table, read_label_table
 
-    model, cfg, _ = load_checkpoint(args.checkpoint, args.device or "cpu")
+    device = resolve_device(args.device)
+    model, cfg, _ = load_checkpoint(args.checkpoint, device)
     label_map = read_label_table(find_label_table(args.scans, args.labels))
-    for p in visualize_scene(model, cfg, args.scans / args.scene, label_map, args.out, args.device or "cpu",
+    for p in visualize_scene(model, cfg, args.scans / args.scene, label_map, args.out, device,
                              png=not args.no_png):
         print(p)
     return 0
@@ -273,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scans_args(p)
     p.add_argument("--out", required=True, type=Path, help="folder for the prepared .npz files")
     p.add_argument("--align", action="store_true", help="apply each scene's axisAlignment to the coordinates")
+    p.add_argument("--no-labels", action="store_true",
+                   help="prepare mesh, colours, normals and superpoints only, every vertex ignored (what "
+                        "prediction needs): no label table, and the aggregation is not read")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("export-gt", help="ground truth in the official evaluation format",
@@ -314,31 +375,39 @@ def build_parser() -> argparse.ArgumentParser:
                                    "predictions (--pred DIR with semantic/ and/or instance/) against official-format "
                                    "ground truth (--gt DIR from minkseg export-gt). The numbers are those of ScanNet's "
                                    "evaluate_semantic_instance.py and evaluate_semantic_label.py.")
-    p.add_argument("--checkpoint", type=Path, help="a .pth written by minkseg train")
+    p.add_argument("--checkpoint", type=Path, help="a .pth written by minkseg train; the voxelization ceiling at "
+                   "its voxel size is printed too (JSON: \"ceiling\")")
     p.add_argument("--split", default="val", help="split of the checkpoint's prepared data (default: val)")
     p.add_argument("--prepared", type=Path, help="override the prepared folder stored in the checkpoint")
     p.add_argument("--root", type=Path, help="override the dataset root (split lists) stored in the checkpoint")
     p.add_argument("--pred", type=Path, help="benchmark-format predictions folder")
     p.add_argument("--gt", type=Path, help="official-format ground-truth folder")
     p.add_argument("--json", type=Path, help="write the metrics as JSON (fractions in [0, 1], null for NaN)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --pred: processes reading scenes (default 1: this process; more can help on idle "
+                        "multi-core machines)")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="benchmark submission files from a checkpoint",
                        description="Run a checkpoint on the raw scans of a split and write the official submission "
                                    "layout: OUT/semantic/<scene>.txt and OUT/instance/<scene>.txt with masks in "
-                                   "OUT/instance/predicted_masks/. The result is validated before the command ends.")
+                                   "OUT/instance/predicted_masks/. Scans are read without labels, so any scan with a "
+                                   "mesh runs whatever its annotation holds. The result is validated before the "
+                                   "command ends.")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--scans", required=True, type=Path, help="raw scans/ folder (e.g. ScanNet/scans_test)")
     p.add_argument("--split", default="test", help="split to predict (default: test)")
     p.add_argument("--out", required=True, type=Path, help="submission folder")
-    p.add_argument("--labels", type=Path, default=None, help="label table (default: next to scans/)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="ignored: prediction reads no labels (kept so older command lines still run)")
     p.add_argument("--zip", action="store_true", help="also write semantic.zip and instance.zip (no root folder)")
     p.add_argument("--max-masks", type=int, default=0, help="keep at most this many masks per scene (0: all)")
     p.add_argument("--min-score", type=float, default=0.0, help="drop masks below this confidence")
     p.add_argument("--align", action="store_true", help="apply axisAlignment (use if the model was trained so)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that prepare the scans and read prepared scenes ahead of the network (default: 1)")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("validate-submission", help="check a submission folder against every format rule",
@@ -359,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to evaluate (default: the first run's val split)")
     p.add_argument("--prepared", type=Path, help="override the prepared folder stored in the checkpoints")
     p.add_argument("--root", type=Path, help="override the dataset root stored in the checkpoints")
-    p.add_argument("--device", default=None)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("visualize", help="coloured PLYs of ground truth, predictions and uncertainty + a PNG",
@@ -372,12 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--labels", type=Path, default=None)
     p.add_argument("--no-png", action="store_true", help="only the PLY files")
-    p.add_argument("--device", default=None)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("check", help="self-check: one sparse convolution forward and backward",
                        description="Import MinkowskiEngine (through minkseg's one import shim), run one sparse "
                                    "convolution forward and backward, print the versions and the device.")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="the whole pipeline on the synthetic dataset",
@@ -388,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     p.add_argument("--scenes", type=int, default=8, help="number of synthetic scenes (default: 8)")
     p.add_argument("--epochs", type=int, default=None, help="override the configs' training epochs")
-    p.add_argument("--device", default=None)
+    _add_device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--small", action="store_true", help="tiny scenes (for a smoke test)")
     p.set_defaults(func=cmd_demo)

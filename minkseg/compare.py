@@ -39,11 +39,16 @@ def run_labels(runs: list[Path]) -> list[str]:
 
 
 def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared: str | None = None,
-                 root: str | None = None, device: str = "cpu") -> dict[str, dict]:
+                 root: str | None = None, device: str | None = "auto") -> dict[str, dict]:
+    from minkseg.device import resolve_device
+    from minkseg.oracle import prepared_ceiling
     from minkseg.train import evaluate_model, load_checkpoint, split_scenes
+
+    device = resolve_device(device)
 
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
+    ceilings: dict[float, dict] = {}
     scenes = None
     for run, label in zip(runs, run_labels(runs)):
         model, cfg, _ = load_checkpoint(run_checkpoint(run), device)
@@ -55,8 +60,11 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
         scenes = scenes or names  # every run on the first run's scenes
         m = evaluate_model(model, cfg, scenes, device, progress=True, ap_matrix=True)
         m["head"] = cfg.model.head
+        if cfg.data.voxel_size not in ceilings:  # the voxel oracle, once per voxel size
+            ceilings[cfg.data.voxel_size] = prepared_ceiling(cfg.data.prepared, scenes, cfg.data.voxel_size)
+        m["ceiling"] = ceilings[cfg.data.voxel_size]
         results[label] = m
-        write_json({k: v for k, v in m.items() if k in ("instance", "semantic")}, out / f"{label}.json")
+        write_json({k: v for k, v in m.items() if k in ("instance", "semantic", "ceiling")}, out / f"{label}.json")
     write_report(results, out, scenes or [])
     return results
 
@@ -83,6 +91,14 @@ def write_report(results: dict[str, dict], out: Path, scenes: list[str]) -> None
           "(mAP over IoU 0.50:0.05:0.90, min. region 100 vertices).", "",
           "| run | head | mAP | AP50 | AP25 | mIoU |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     md += [f"| {r[0]} | {r[1]} | " + " | ".join(cell(v) for v in r[2:6]) + " |" for r in rows]
+    ceilings = {m["ceiling"]["voxel_size"]: m["ceiling"] for m in results.values() if "ceiling" in m}
+    md += [f"| voxelization ceiling | {100 * size:g} cm voxels | "
+           + " | ".join(cell(c[k]) for k in ("mAP", "AP50", "AP25", "mIoU")) + " |"
+           for size, c in sorted(ceilings.items())]
+    if ceilings:
+        md += ["", "The ceiling is the voxel oracle (minkseg/oracle.py): each vertex takes its voxel's majority "
+               "label and each ground-truth instance keeps the voxels it wins, i.e. what perfect voxel outputs "
+               "score at that voxel size."]
     md += ["", "## AP50 per class", "", "| class | " + " | ".join(labels) + " |",
            "| --- | " + " | ".join("---:" for _ in labels) + " |"]
     for ci, c in enumerate(INSTANCE_NAMES):

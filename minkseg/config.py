@@ -37,8 +37,17 @@ class ModelConfig:
     head: str = "probabilistic"  # probabilistic | margin
     anisotropic: bool = True
     heteroscedastic: bool = True
-    embedding_unit: float = 1.0  # metres per embedding unit (mu = x / unit + tanh(o))
+    embedding_unit: float = 1.0  # metres per embedding unit (x / unit; sigmas and bandwidths in these units)
+    # reach of the centre offsets in metres: mu = x + R tanh(o / R) (models.heads). Was 1 m
+    # (mu = x + tanh(o), paper Table 3) before 2026-12; 3 m spans ScanNet's 5 m objects.
+    # Checkpoints saved before then keep their 1-unit reach (stored in the weights).
+    offset_range: float = 3.0
     recorrector: bool = False  # TWIST's proposal re-correction module (set by minkseg selftrain)
+
+    def __post_init__(self) -> None:
+        for key in ("embedding_unit", "offset_range"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"config.model.{key}: expected a length > 0 metres, got {getattr(self, key)!r}")
 
 
 @dataclass
@@ -72,6 +81,10 @@ class TrainConfig:
     log_every: int = 10  # steps between TensorBoard scalars
     save_every: int = 1  # epochs between last.pth writes (the last epoch and --max-steps always write)
     threads: int = 0  # torch CPU threads (0: torch's default)
+    # data-loading processes per rank (read, augment, voxelize, collate); -1: min(8, CPUs / ranks per node),
+    # 0: in the training process. Not part of the run's identity: --resume may change it.
+    workers: int = -1
+    prefetch: int = 2  # batches each worker prepares ahead
 
 
 @dataclass

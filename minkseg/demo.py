@@ -22,9 +22,11 @@ def _stage(name: str) -> float:
 
 
 def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = False, epochs: int | None = None,
-             device: str | None = None) -> int:
+             device: str | None = "auto") -> int:
     from minkseg.compare import compare_runs
+    from minkseg.device import resolve_device
     from minkseg.evaluate import format_metrics, write_json
+    from minkseg.oracle import format_ceiling, prepared_ceiling
     from minkseg.submission import predict_submission, validate_submission, zip_submission
     from minkseg.train import Trainer, evaluate_model, load_checkpoint, split_scenes
     from minkseg.visualize import visualize_scene
@@ -34,6 +36,7 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
     from scannet_tools.reader import scene_vertex_counts
     from scannet_tools.synth import synthesize
 
+    device = resolve_device(device)  # before any work, so a bad --device fails at once
     out = Path(out)
     raw, prepared, gt = out / "scannet", out / "prepared", out / "gt"
     table = raw / "scannetv2-labels.combined.tsv"
@@ -66,15 +69,18 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
         t = _stage(f"evaluate {head} on the validation scenes")
         model, cfg, _ = load_checkpoint(runs[head], trainer.device)
         metrics[head] = evaluate_model(model, cfg, split_scenes(cfg, cfg.data.val_split), trainer.device)
+        metrics[head]["ceiling"] = prepared_ceiling(cfg.data.prepared, split_scenes(cfg, cfg.data.val_split),
+                                                    cfg.data.voxel_size)
         write_json(metrics[head], out / "metrics" / f"{head}.json")
         print(format_metrics(metrics[head]))
+        print(format_ceiling(metrics[head]["ceiling"]))
         print(f"   {time.time() - t:.1f} s -> {out / 'metrics' / f'{head}.json'}")
 
     t = _stage("predict a benchmark submission (probabilistic head, validation scenes) and validate it")
-    model, cfg, _ = load_checkpoint(runs["probabilistic"], device or "cpu")
+    model, cfg, _ = load_checkpoint(runs["probabilistic"], device)
     sub = out / "submission"
     val = split_scenes(cfg, cfg.data.val_split)
-    predict_submission(model, cfg, prepared, val, sub, device or "cpu")
+    predict_submission(model, cfg, prepared, val, sub, device)
     check = validate_submission(sub, scene_vertex_counts(raw / "scans", val))
     archives = zip_submission(sub)
     print(f"   {'valid' if check.ok else 'INVALID'} submission: {check.scenes} scenes, {check.masks} masks; "
@@ -83,12 +89,12 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
         print("   " + p)
 
     t = _stage("compare the two heads on the same scenes")
-    compare_runs([out / "runs" / h for h in HEADS], out / "report", device=device or "cpu")
+    compare_runs([out / "runs" / h for h in HEADS], out / "report", device=device)
     print(f"   {time.time() - t:.1f} s -> {out / 'report' / 'report.md'}")
 
     t = _stage("visualize a validation scene")
     files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
-                            device or "cpu")
+                            device)
     print(f"   {files[-1]}")
 
     print(f"\ndone in {time.time() - t_all:.0f} s\n")
@@ -96,6 +102,9 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
     for head in HEADS:
         i, s = metrics[head]["instance"], metrics[head]["semantic"]
         print(f"{head:<16}{i['mAP']:>8.3f}{i['AP50']:>8.3f}{i['AP25']:>8.3f}{s['mIoU']:>8.3f}")
+    for c in {m["ceiling"]["voxel_size"]: m["ceiling"] for m in metrics.values()}.values():
+        label = f"ceiling {100 * c['voxel_size']:g} cm"  # the voxel oracle: what this voxel size allows
+        print(f"{label:<16}{c['mAP']:>8.3f}{c['AP50']:>8.3f}{c['AP25']:>8.3f}{c['mIoU']:>8.3f}")
     print(f"\nraw scenes    {raw / 'scans'}\nprepared      {prepared}\nground truth  {gt}\n"
           f"runs          {out / 'runs'}  (tensorboard --logdir {out / 'runs'})\nmetrics       {out / 'metrics'}\n"
           f"submission    {sub}\nreport        {out / 'report' / 'report.md'}\nvisualization {out / 'visualize'}")

@@ -1,45 +1,85 @@
-"""ScanNet v2 benchmark metrics, identical to the official evaluation scripts.
+"""ScanNet v2 benchmark metrics, equal to the current official evaluation scripts.
 
-Instance segmentation follows ``evaluate_semantic_instance.py``: ground-truth ids are
-``nyu40 * 1000 + instance``; only the 18 instance classes count; regions under 100
-vertices are dropped (predictions) or ignored (ground truth); a match needs IoU strictly
-above the threshold; for each overlap threshold the ground-truth instances are walked in
-id order and each takes the first not-yet-used prediction (in file order) above the
-threshold, a further prediction above it for the same instance becomes a false positive
-with the lower of the two scores; unmatched predictions count as false positives unless
-the share of their vertices on ignored ground truth (small instances, and the script's
-``void`` mask) exceeds the threshold; precision/recall points at every distinct score,
-an artificial (recall 0, precision 1) end point, and the script's trapezoid-style
-integration; AP is NaN for a class without ground truth and predictions, 0 for one with
-ground truth only; mAP averages the thresholds 0.50:0.05:0.90 (``np.arange(0.5, 0.95,
-0.05)``) over classes with ``nanmean``.
+Source: ``BenchmarkScripts/3d_evaluation/evaluate_semantic_instance.py`` and
+``evaluate_semantic_label.py`` of ScanNet/ScanNet, unchanged since commit a3c66b4
+(2018-11-21, "small bug fix", which changed the void mask) up to HEAD 3830fce (2025-11-03).
 
-Semantic segmentation follows ``evaluate_semantic_label.py``: a confusion matrix over
-vertices whose ground truth is one of the 20 classes; IoU = TP / (TP + FP + FN) with false
-positives counted only on those vertices; NaN without ground truth or predictions.
+Instance segmentation (``evaluate_semantic_instance.py``): ground-truth ids are
+``nyu40 * 1000 + instance``; ground-truth instances are the ids whose ``id // 1000`` is one
+of the 18 instance classes. The *void* mask is ``not isin(gt_id // 1000, 18 class ids)``:
+wall, floor, unannotated (0) and non-benchmark vertices. A prediction whose label is not one
+of the 18 classes or with fewer than 100 nonzero mask values is dropped. For each overlap
+threshold ``np.append(np.arange(0.5, 0.95, 0.05), 0.25)`` (float64 values, so 0.6 is
+0.6000000000000001) and each class, the ground-truth instances of at least 100 vertices
+are walked in id order; each takes the first prediction of its class, in file order, that
+no ground truth has taken yet and whose IoU is strictly above the threshold; a further
+such prediction for the same instance is a false positive scored with the lower of the two
+confidences, the instance keeps the higher (the further prediction is not marked taken).
+A ground-truth instance without a match is a false negative. A prediction whose IoU with
+every instance of its class (small ones included) is at most the threshold is a false positive
+unless (void vertices + vertices on same-class instances under 100 vertices) / its size
+exceeds the threshold. AP integrates the precision-recall points at every distinct
+confidence plus an artificial (recall 0, precision 1) point with the script's step rule;
+it is NaN for a class with neither ground truth nor predictions, 0 for ground truth
+without predictions. mAP is ``nanmean`` over all classes and the thresholds 0.50..0.90;
+AP50 and AP25 the ``nanmean`` over classes.
 
-The official scripts compare every prediction with every ground-truth instance over all
-vertices (O(P * G * N)); here one sparse product gives all intersections (O(N + P * N_p)).
+Order: the script is Python 2 and walks a scene's predictions in the hash order of their
+mask paths; file order is used here (as Python 3 ports do). The two differ only when one
+prediction has IoU above the threshold with two same-class instances, i.e. at 0.25.
+
+One case the script cannot score: a class with ground truth and predictions in which every
+prediction is ignored and no instance is matched leaves an empty list, and the script
+stops with an IndexError (``cumsum[-1]``). Here that AP is 0: no instance was found.
+
+Semantic segmentation (``evaluate_semantic_label.py``): a confusion matrix over the
+vertices whose ground truth is one of the 20 classes; a predicted id that is not one of the
+20 (0 included) goes to an "unknown" column. IoU = TP / (TP + FP + FN), FP counted on those
+vertices only; NaN when the denominator is 0 (the script then fails to print). The script
+prints no mean; mIoU here is the ``nanmean`` of the 20 IoUs, as the benchmark reports it.
+
+The scripts test every prediction against every ground-truth instance over all vertices
+(O(P * G * N)); here each prediction costs one ``bincount`` over its own vertices.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from scannet_tools.labels import INSTANCE_NAMES, INSTANCE_NYU40_IDS, SEMANTIC_NAMES, SEMANTIC_NYU40_IDS
 
 OVERLAPS = np.append(np.arange(0.5, 0.95, 0.05), 0.25)
 MIN_REGION_SIZE = 100
+#: semantic confusion column of every predicted id outside the 20 classes (the script's UNKNOWN_ID)
+UNKNOWN_SEMANTIC_ID = max(SEMANTIC_NYU40_IDS) + 1
+
+_INSTANCE_IDS = np.asarray(INSTANCE_NYU40_IDS)
+
+
+def _member_table(ids: tuple[int, ...]) -> np.ndarray:
+    """Boolean table over 0..max(ids) + 1 whose last entry (and entry 0) are False."""
+    table = np.zeros(max(ids) + 2, bool)
+    table[list(ids)] = True
+    return table
+
+
+_IS_INSTANCE_CLASS = _member_table(INSTANCE_NYU40_IDS)
+_IS_SEMANTIC_CLASS = _member_table(SEMANTIC_NYU40_IDS)
+
+
+def _is_member(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.isin(values, ids)`` by table look-up: values outside the table clip onto a False entry."""
+    return np.take(table, values, mode="clip")
 
 
 @dataclass
 class InstancePrediction:
-    """One predicted instance of a scene: a vertex mask, an NYU40 label and a confidence."""
+    """One predicted instance of a scene: a per-vertex mask (nonzero = member), an NYU40 label, a confidence."""
 
-    mask: np.ndarray  # (N,) bool, or (K,) vertex indices
+    mask: np.ndarray  # (N,) bool or integers
     label_id: int
     confidence: float
 
@@ -48,58 +88,70 @@ class InstancePrediction:
 class SceneMatches:
     """A scene's ground-truth instances, kept predictions and their intersections."""
 
-    gt_label: np.ndarray  # (G,) NYU40 label of each ground-truth instance, np.unique id order
+    gt_label: np.ndarray  # (G,) NYU40 label of each ground-truth instance, in id order
     gt_count: np.ndarray  # (G,) vertices
-    pred_label: np.ndarray  # (P,) kept predictions (valid class, >= 100 vertices), input order
-    pred_count: np.ndarray
-    pred_conf: np.ndarray
-    pred_void: np.ndarray  # (P,) vertices on the script's "void" mask
-    inter: sp.csr_matrix  # (P, G) intersections with ground truth of the prediction's class
-    inter_t: sp.csr_matrix  # (G, P), rows sorted by prediction index
+    pred_label: np.ndarray  # (P,) kept predictions (instance class, >= 100 vertices), in input order
+    pred_count: np.ndarray  # (P,) vertices
+    pred_conf: np.ndarray  # (P,)
+    pred_void: np.ndarray  # (P,) vertices on the void mask
+    inter: np.ndarray  # (P, G) intersection with ground truth of the prediction's class, 0 for other classes
 
 
 def match_scene(gt: np.ndarray, preds: list[InstancePrediction]) -> SceneMatches:
-    """Intersections of one scene's predictions with its ground truth (one sparse product)."""
+    """Intersections of one scene's predictions with its ground-truth instances (Sec. "assign" of the script)."""
     gt = np.asarray(gt, dtype=np.int64)
-    gt_ids, gt_inv, gt_count = np.unique(gt, return_inverse=True, return_counts=True)
-    keep_gt = np.flatnonzero((gt_ids != 0) & np.isin(gt_ids // 1000, INSTANCE_NYU40_IDS))
-    gt_col = np.full(len(gt_ids), -1)
-    gt_col[keep_gt] = np.arange(len(keep_gt))
-    vert_gt = gt_col[gt_inv.reshape(-1)]
+    if len(gt) and gt.min() >= 0 and gt.max() < 1 << 22:  # ScanNet ids (< 41000): a table instead of a sort
+        id_counts = np.bincount(gt)
+        gt_ids = np.flatnonzero(id_counts)
+        gt_count = id_counts[gt_ids]
+        lookup = np.zeros(len(id_counts), np.int64)
+        lookup[gt_ids] = np.arange(len(gt_ids))
+        gt_inv = lookup[gt]
+    else:
+        gt_ids, gt_inv, gt_count = np.unique(gt, return_inverse=True, return_counts=True)
+        gt_inv = gt_inv.reshape(-1)
+    keep_gt = np.flatnonzero((gt_ids != 0) & _is_member(gt_ids // 1000, _IS_INSTANCE_CLASS))
+    n_gt = len(keep_gt)
+    gt_col = np.full(len(gt_ids), n_gt)  # column n_gt collects vertices of no ground-truth instance
+    gt_col[keep_gt] = np.arange(n_gt)
+    vert_col = gt_col[gt_inv]
     gt_label = gt_ids[keep_gt] // 1000
-    # the script's void mask compares full ids with class ids, so it is true only for ids 3..39
-    void = np.isin(gt, INSTANCE_NYU40_IDS)
+    void = ~_is_member(gt // 1000, _IS_INSTANCE_CLASS)
 
-    kept = []
+    labels, counts, confs, voids, rows = [], [], [], [], []
     for p in preds:
         mask = np.asarray(p.mask)
         if len(mask) != len(gt):
             raise ValueError(f"prediction mask has {len(mask)} values, the scene has {len(gt)} vertices")
+        label = int(p.label_id)
+        if label not in INSTANCE_NYU40_IDS:
+            continue
         idx = np.flatnonzero(mask)
-        if int(p.label_id) in INSTANCE_NYU40_IDS and len(idx) >= MIN_REGION_SIZE:
-            kept.append((idx, int(p.label_id), float(p.confidence)))
-    # (P, N) prediction masks times (N, G) same-class ground-truth indicators
-    pred_rows = np.concatenate([np.full(len(idx), k) for k, (idx, _, _) in enumerate(kept)] + [np.zeros(0, int)])
-    verts = np.concatenate([idx for idx, _, _ in kept] + [np.zeros(0, int)])
-    pred_label = np.asarray([lab for _, lab, _ in kept], dtype=np.int64)
-    g = vert_gt[verts]
-    same = g >= 0
-    same[same] = gt_label[g[same]] == pred_label[pred_rows[same]]
-    inter = sp.csr_matrix((np.ones(int(same.sum()), np.int64), (pred_rows[same], g[same])),
-                          shape=(len(kept), len(keep_gt)))
-    inter.sum_duplicates()
-    inter_t = inter.T.tocsr()
-    inter_t.sort_indices()
-    return SceneMatches(
-        gt_label, gt_count[keep_gt], pred_label, np.asarray([len(i) for i, _, _ in kept], np.int64),
-        np.asarray([c for _, _, c in kept], float),
-        np.asarray([int(void[idx].sum()) for idx, _, _ in kept], np.int64), inter, inter_t,
-    )
+        if len(idx) < MIN_REGION_SIZE:
+            continue
+        per_gt = np.bincount(vert_col[idx], minlength=n_gt + 1)[:n_gt]
+        rows.append(np.where(gt_label == label, per_gt, 0))
+        labels.append(label)
+        counts.append(len(idx))
+        confs.append(float(p.confidence))
+        voids.append(int(np.count_nonzero(void[idx])))
+    inter = np.asarray(rows, dtype=np.int64).reshape(len(rows), n_gt)
+    return SceneMatches(gt_label, gt_count[keep_gt].astype(np.int64), np.asarray(labels, np.int64),
+                        np.asarray(counts, np.int64), np.asarray(confs, np.float64),
+                        np.asarray(voids, np.int64), inter)
 
 
 def _average_precision(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) -> float:
-    """The official script's precision-recall curve and its integration."""
-    order = np.argsort(y_score, kind="quicksort")
+    """The script's precision-recall curve and its integration.
+
+    Points at the first index of every distinct confidence in ascending order (ties are
+    counted together, so their order does not matter), then the artificial (0, 1) point;
+    AP = sum_i precision_i * (recall_{i-1} - recall_{i+1}) / 2 with recall_{-1} = recall_0
+    and a trailing recall 0.
+    """
+    if len(y_score) == 0:  # the script raises IndexError here; nothing was found: AP 0
+        return 0.0
+    order = np.argsort(y_score)
     y_score, y_true = y_score[order], y_true[order]
     cum = np.cumsum(y_true)
     _, unique_idx = np.unique(y_score, return_index=True)
@@ -109,64 +161,68 @@ def _average_precision(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) ->
     tp = n_true - before
     fp = n_examples - unique_idx - tp
     fn = before + hard_fn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.append(tp / (tp + fp), 1.0)
-        recall = np.append(tp / (tp + fn), 0.0)
+    precision = np.append(tp / (tp + fp), 1.0)  # tp + fp = n_examples - idx > 0
+    recall = np.append(tp / (tp + fn), 0.0)  # tp + fn = n_true + hard_fn > 0 when a class has ground truth
     r = np.concatenate([[recall[0]], recall, [0.0]])
     step = np.convolve(r, [-0.5, 0, 0.5], "valid")
     return float(np.dot(precision, step))
 
 
+def _scene_outcomes(s: SceneMatches, th: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One scene at one threshold: (class, is_true, score) of each scored entry and the unmatched gt labels."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = s.inter / (s.gt_count[None, :] + s.pred_count[:, None] - s.inter)
+    above = iou > th  # 0 intersections give IoU 0 (never above a threshold > 0)
+    taken = np.zeros(len(s.pred_label), bool)
+    cls, true, score, missed = [], [], [], []
+    for g in np.flatnonzero(s.gt_count >= MIN_REGION_SIZE):  # id order
+        matched, best = False, -np.inf
+        for p in np.flatnonzero(above[:, g]):  # file order
+            if taken[p]:
+                continue
+            c = s.pred_conf[p]
+            if matched:  # a further prediction of this instance: the lower score is a false positive
+                cls.append(s.gt_label[g])
+                true.append(0.0)
+                score.append(min(best, c))
+                best = max(best, c)
+            else:
+                matched, best, taken[p] = True, c, True
+        if matched:
+            cls.append(s.gt_label[g])
+            true.append(1.0)
+            score.append(best)
+        else:
+            missed.append(s.gt_label[g])
+    # predictions above the threshold with no instance: false positive unless mostly on ignored vertices
+    small = s.gt_count < MIN_REGION_SIZE
+    ignored = s.pred_void + s.inter[:, small].sum(1)
+    fp = ~above.any(1) & (ignored / s.pred_count <= th)  # kept predictions have >= 100 vertices
+    cls = np.concatenate([np.asarray(cls, np.int64), s.pred_label[fp]])
+    true = np.concatenate([np.asarray(true, np.float64), np.zeros(int(fp.sum()))])
+    score = np.concatenate([np.asarray(score, np.float64), s.pred_conf[fp]])
+    return cls, true, score, np.asarray(missed, np.int64)
+
+
 def instance_ap(scenes: list[SceneMatches]) -> np.ndarray:
-    """AP per (class, overlap threshold) over a list of matched scenes: shape (18, len(OVERLAPS))."""
+    """AP per (class, overlap threshold) over matched scenes: shape (18, len(OVERLAPS))."""
     ap = np.zeros((len(INSTANCE_NYU40_IDS), len(OVERLAPS)))
+    has_gt = np.zeros(len(INSTANCE_NYU40_IDS), bool)
+    has_pred = np.zeros(len(INSTANCE_NYU40_IDS), bool)
+    for s in scenes:
+        has_gt |= np.isin(_INSTANCE_IDS, s.gt_label[s.gt_count >= MIN_REGION_SIZE])
+        has_pred |= np.isin(_INSTANCE_IDS, s.pred_label)
     for oi, th in enumerate(OVERLAPS):
-        visited = [np.zeros(len(s.pred_label), bool) for s in scenes]  # shared by all classes
+        parts = [_scene_outcomes(s, th) for s in scenes]
+        cls = np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)])
+        true = np.concatenate([p[1] for p in parts] + [np.zeros(0)])
+        score = np.concatenate([p[2] for p in parts] + [np.zeros(0)])
+        missed = np.concatenate([p[3] for p in parts] + [np.zeros(0, np.int64)])
         for li, label in enumerate(INSTANCE_NYU40_IDS):
-            y_true, y_score = [], []
-            hard_fn, has_gt, has_pred = 0, False, False
-            for s, used in zip(scenes, visited):
-                gts = np.flatnonzero((s.gt_label == label) & (s.gt_count >= MIN_REGION_SIZE))
-                preds = np.flatnonzero(s.pred_label == label)
-                has_gt |= len(gts) > 0
-                has_pred |= len(preds) > 0
-                cur_true, cur_score = [], []
-                for g in gts:  # ground truth in id order, candidates in prediction order
-                    lo, hi = s.inter_t.indptr[g], s.inter_t.indptr[g + 1]
-                    matched, score = False, -np.inf
-                    for p, i in zip(s.inter_t.indices[lo:hi], s.inter_t.data[lo:hi]):
-                        if used[p]:
-                            continue
-                        if i / (s.gt_count[g] + s.pred_count[p] - i) > th:
-                            c = s.pred_conf[p]
-                            if matched:  # a second prediction for this ground truth: the lower score is FP
-                                cur_true.append(0)
-                                cur_score.append(min(score, c))
-                                score = max(score, c)
-                            else:
-                                matched, score = True, c
-                                used[p] = True
-                    if matched:
-                        cur_true.append(1)
-                        cur_score.append(score)
-                    else:
-                        hard_fn += 1
-                # unmatched predictions: false positives unless mostly on ignored ground truth
-                for p in preds:
-                    lo, hi = s.inter.indptr[p], s.inter.indptr[p + 1]
-                    g, i = s.inter.indices[lo:hi], s.inter.data[lo:hi]
-                    iou = i / (s.gt_count[g] + s.pred_count[p] - i)
-                    if (iou > th).any():
-                        continue
-                    ignore = s.pred_void[p] + i[s.gt_count[g] < MIN_REGION_SIZE].sum()
-                    if ignore / s.pred_count[p] <= th:
-                        cur_true.append(0)
-                        cur_score.append(s.pred_conf[p])
-                y_true += cur_true
-                y_score += cur_score
-            if has_gt and has_pred:
-                ap[li, oi] = _average_precision(np.asarray(y_true, float), np.asarray(y_score, float), hard_fn)
-            elif has_gt:
+            if has_gt[li] and has_pred[li]:
+                sel = cls == label
+                ap[li, oi] = _average_precision(true[sel], score[sel], int(np.count_nonzero(missed == label)))
+            elif has_gt[li]:
                 ap[li, oi] = 0.0
             else:
                 ap[li, oi] = np.nan
@@ -174,48 +230,38 @@ def instance_ap(scenes: list[SceneMatches]) -> np.ndarray:
 
 
 def summarize_instance(ap: np.ndarray) -> dict:
-    """mAP (0.50:0.90), AP50, AP25 and per-class values, averaged as the official script does."""
+    """mAP (0.50:0.90), AP50, AP25 and per-class values, averaged as the script's ``compute_averages``."""
     o50 = np.flatnonzero(np.isclose(OVERLAPS, 0.5))
     o25 = np.flatnonzero(np.isclose(OVERLAPS, 0.25))
     rest = np.flatnonzero(~np.isclose(OVERLAPS, 0.25))
-    with np.errstate(all="ignore"), _quiet_nanmean():
+    with warnings.catch_warnings():  # nanmean of an all-NaN slice warns; NaN is the script's value
+        warnings.simplefilter("ignore", RuntimeWarning)
         out = {"mAP": float(np.nanmean(ap[:, rest])), "AP50": float(np.nanmean(ap[:, o50])),
                "AP25": float(np.nanmean(ap[:, o25])), "per_class": {}}
-        for li, name in enumerate(INSTANCE_NAMES):
-            out["per_class"][name] = {"ap": float(np.average(ap[li, rest])), "ap50": float(ap[li, o50][0]),
-                                      "ap25": float(ap[li, o25][0])}
+    for li, name in enumerate(INSTANCE_NAMES):
+        out["per_class"][name] = {"ap": float(np.average(ap[li, rest])), "ap50": float(ap[li, o50][0]),
+                                  "ap25": float(ap[li, o25][0])}
     return out
 
 
-class _quiet_nanmean:
-    """nanmean of an all-NaN slice warns; the official script's value (NaN) is what we want."""
+def semantic_confusion(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Confusion counts [gt NYU40, pred NYU40], (41, 41), over vertices whose ground truth is one of the 20 classes.
 
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-
-def semantic_confusion(gt: np.ndarray, pred: np.ndarray, num: int = 41) -> np.ndarray:
-    """Confusion counts [gt NYU40, pred NYU40] over vertices whose ground truth is a benchmark class.
-
-    Predicted ids outside 0..40 are counted in a last column (they can only be false negatives).
+    Predicted ids that are not one of the 20 classes (0 and 40 included) are counted in
+    column ``UNKNOWN_SEMANTIC_ID`` (40): they can only be false negatives.
     """
     gt, pred = np.asarray(gt, np.int64), np.asarray(pred, np.int64)
     if gt.shape != pred.shape:
         raise ValueError(f"{len(pred)} predicted values for {len(gt)} vertices")
-    keep = np.isin(gt, SEMANTIC_NYU40_IDS)
-    p = np.where((pred >= 0) & (pred < num), pred, num)[keep]
-    return np.bincount(gt[keep] * (num + 1) + p, minlength=num * (num + 1)).reshape(num, num + 1)
+    keep = _is_member(gt, _IS_SEMANTIC_CLASS)
+    p = pred[keep]
+    p = np.where(_is_member(p, _IS_SEMANTIC_CLASS), p, UNKNOWN_SEMANTIC_ID)
+    n = UNKNOWN_SEMANTIC_ID + 1
+    return np.bincount(gt[keep] * n + p, minlength=n * n).reshape(n, n)
 
 
 def summarize_semantic(confusion: np.ndarray) -> dict:
-    """Per-class IoU and their mean (NaN classes left out of the mean)."""
+    """Per-class IoU = TP / (TP + FP + FN) (the script's ``get_iou``) and their nanmean."""
     ids = np.asarray(SEMANTIC_NYU40_IDS)
     tp = confusion[ids, ids].astype(np.float64)
     fn = confusion[ids].sum(1) - tp
@@ -223,6 +269,7 @@ def summarize_semantic(confusion: np.ndarray) -> dict:
     denom = tp + fp + fn
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(denom > 0, tp / denom, np.nan)
-    with _quiet_nanmean():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         miou = float(np.nanmean(iou))
     return {"mIoU": miou, "per_class": {n: float(v) for n, v in zip(SEMANTIC_NAMES, iou)}}

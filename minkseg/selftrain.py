@@ -21,6 +21,11 @@ A run folder ``runs/<name>/`` holds::
 Every stage is finished by an atomic write (a round by its ``metrics.json``, a pseudo-label
 set by its ``stats.json``, a scene by its ``.npz``), so ``--resume`` continues after the
 last finished one, and inside an unfinished training run from its ``last.pth``.
+
+Under ``torchrun`` every stage is shared by the ranks: training runs in
+DistributedDataParallel (see :mod:`minkseg.train`), each rank pseudo-labels every
+world-th unlabelled scene and writes those files itself (atomically), and rank 0 alone
+writes the run's other files, each followed by a barrier before any rank reads them.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
+from minkseg import distributed
 from minkseg.config import Config, load_config, save_config, to_dict
-from minkseg.data.dataset import PreparedScenes
+from minkseg.data.dataset import PreparedScenes, iterate_prepared, resolve_workers
+from minkseg.device import resolve_device
 from minkseg.evaluate import write_json
 from minkseg.pseudo_labels import load_stats, pseudo_label_scene, pseudo_label_stats, summarize_stats
-from minkseg.train import Trainer, evaluate_model, labeled_scenes, load_checkpoint, split_scenes
+from minkseg.train import Trainer, evaluate_model, labeled_scenes, load_checkpoint, read_checkpoint, split_scenes
 from scannet_tools.io import write_text_atomic
-from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
+from scannet_tools.prepare import PREPARED_SUFFIX
 
 BASELINE = "supervised_same_budget"
 
@@ -68,7 +74,7 @@ def _finished(path: Path) -> bool:
 class SelfTraining:
     def __init__(self, cfg: Config, resume: bool = False, device: str | None = None):
         self.cfg = cfg
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.root = cfg.run_dir
         st = cfg.selftrain
         if st.rounds < 0 or not st.certainty or st.pseudo_weight < 0:
@@ -89,15 +95,18 @@ class SelfTraining:
                 raise ValueError(f"{self.root}/split.json: the run was started with another label split")
             if to_dict(load_config(self.root / "selftrain.yaml")) != to_dict(cfg):
                 raise ValueError(f"{self.root}/selftrain.yaml: the run was started with a different config")
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.root / "split.json", json.dumps(split, indent=1) + "\n")
-        save_config(cfg, self.root / "selftrain.yaml")
+        distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+        if distributed.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.root / "split.json", json.dumps(split, indent=1) + "\n")
+            save_config(cfg, self.root / "selftrain.yaml")
+        distributed.barrier()
 
     def run(self) -> dict:
         """All rounds (skipping finished ones), the optional baseline, then summary and comparison."""
         st = self.cfg.selftrain
-        tqdm.write(f"self-training {self.root}: {len(self.labeled)} labelled, {len(self.unlabeled)} unlabelled, "
-                   f"{len(self.val)} validation scenes; rounds 0..{st.rounds}")
+        _say(f"self-training {self.root}: {len(self.labeled)} labelled, {len(self.unlabeled)} unlabelled, "
+             f"{len(self.val)} validation scenes; rounds 0..{st.rounds}")
         for r in range(st.rounds + 1):
             self.train_round(r)
         if st.same_budget_baseline:
@@ -105,7 +114,11 @@ class SelfTraining:
         return self.summarize()
 
     def pseudo_labels(self, r: int) -> Path:
-        """The round-(r-1) teacher's pseudo labels for every unlabelled scene (resumable per scene)."""
+        """The round-(r-1) teacher's pseudo labels for every unlabelled scene (resumable per scene).
+
+        Each rank labels every world-th scene and writes its files; rank 0 writes the
+        statistics once all ranks are done.
+        """
         out = self.root / f"round_{r}" / "pseudo"
         if (out / "stats.json").is_file():
             return out
@@ -114,24 +127,32 @@ class SelfTraining:
         teacher_cfg = round_config(self.cfg, r - 1)
         instances, threshold = r >= 2, certainty_threshold(self.cfg, r)
         recorrect = instances and teacher.recorrector is not None
+        mine = [self.unlabeled[i] for i in distributed.rank_items(len(self.unlabeled))]
+        todo = [s for s in mine if not (out / f"{s}.npz").is_file()]
+        prepared = Path(self.cfg.data.prepared)
+        # a bad scene (e.g. a truncated .npz) must not stop the round: read errors come back as values
+        scenes = iterate_prepared([prepared / f"{s}{PREPARED_SUFFIX}" for s in todo],
+                                  resolve_workers(self.cfg.train.workers), errors_as_values=True)
         failed = []
-        for scene in tqdm(self.unlabeled, desc=f"round {r} pseudo labels", unit="scene", disable=None):
-            path = out / f"{scene}.npz"
-            if path.is_file():
-                continue
+        for scene, data in zip(todo, tqdm(scenes, total=len(todo), desc=f"round {r} pseudo labels", unit="scene",
+                                          disable=None if distributed.is_main() else True)):
             try:
-                data = load_prepared(Path(self.cfg.data.prepared) / f"{scene}{PREPARED_SUFFIX}")
+                if isinstance(data, Exception):
+                    raise data
                 labels = pseudo_label_scene(teacher, data, teacher_cfg, instances, threshold, recorrect, self.device)
-                labels.save(path, pseudo_label_stats(labels, data))
-            except Exception as e:  # a bad scene (e.g. a truncated .npz) must not stop the round
+                labels.save(out / f"{scene}.npz", pseudo_label_stats(labels, data))
+            except Exception as e:
                 failed.append(scene)
                 tqdm.write(f"{scene}: no pseudo labels ({type(e).__name__}: {e})")
-        counts = [load_stats(out / f"{s}.npz") for s in self.unlabeled if (out / f"{s}.npz").is_file()]
-        stats = summarize_stats(counts) | {"round": r, "instances": instances, "recorrect": recorrect,
-                                           "certainty_threshold": threshold if instances else None,
-                                           "failed": failed}
-        write_json(stats, out / "stats.json")
-        tqdm.write(_format_stats(stats))
+        failed = sorted(s for part in distributed.all_gather(failed) for s in part)  # also a barrier
+        if distributed.is_main():
+            counts = [load_stats(out / f"{s}.npz") for s in self.unlabeled if (out / f"{s}.npz").is_file()]
+            stats = summarize_stats(counts) | {"round": r, "instances": instances, "recorrect": recorrect,
+                                               "certainty_threshold": threshold if instances else None,
+                                               "failed": failed}
+            write_json(stats, out / "stats.json")
+            tqdm.write(_format_stats(stats))
+        distributed.barrier()
         return out
 
     def student_dataset(self, r: int, pseudo: Path) -> PreparedScenes:
@@ -154,7 +175,7 @@ class SelfTraining:
     def train_round(self, r: int) -> None:
         run = self.root / f"round_{r}"
         if _finished(run):
-            tqdm.write(f"round {r}: finished earlier, skipped")
+            _say(f"round {r}: finished earlier, skipped")
             return
         cfg = round_config(self.cfg, r)
         dataset, init = None, None
@@ -181,22 +202,30 @@ class SelfTraining:
 
     def _weights(self, run: str) -> dict:
         """The final model weights of a finished round."""
-        return torch.load(self.root / run / "last.pth", map_location=self.device, weights_only=False)["model"]
+        return read_checkpoint(self.root / run / "last.pth", self.device)["model"]
 
     def _train(self, cfg: Config, run: Path, dataset: PreparedScenes | None, init: dict | None, what: str) -> None:
         trainer = Trainer(cfg, resume=(run / "last.pth").is_file(), device=str(self.device), dataset=dataset,
                           init_model=init)
-        tqdm.write(f"{what}: {len(trainer.dataset)} scenes per epoch, {cfg.train.epochs} epochs")
+        _say(f"{what}: {len(trainer.dataset)} scenes per epoch, {cfg.train.epochs} epochs, world size "
+             f"{trainer.world}")
         trainer.fit()
-        metrics = evaluate_model(trainer.model, cfg, self.val, self.device)
+        metrics = evaluate_model(trainer.model, cfg, self.val, self.device, workers=trainer.workers,
+                                 split_over_ranks=True)
         metrics["steps"] = trainer.step
-        write_json(metrics, run / "metrics.json")
+        if distributed.is_main():
+            write_json(metrics, run / "metrics.json")
+        distributed.barrier()
         i = metrics["instance"]
-        tqdm.write(f"{what}: val mAP {i['mAP']:.3f} AP50 {i['AP50']:.3f} AP25 {i['AP25']:.3f} "
-                   f"mIoU {metrics['semantic']['mIoU']:.3f} after {trainer.step} steps")
+        _say(f"{what}: val mAP {i['mAP']:.3f} AP50 {i['AP50']:.3f} AP25 {i['AP25']:.3f} "
+             f"mIoU {metrics['semantic']['mIoU']:.3f} after {trainer.step} steps")
 
     def summarize(self) -> dict:
+        """Rank 0 writes summary.json/.md and the comparison report; other ranks return an empty dict."""
         from minkseg.compare import compare_runs
+
+        if not distributed.is_main():
+            return {}
 
         rows = []
         runs = [f"round_{r}" for r in range(self.cfg.selftrain.rounds + 1)]
@@ -217,6 +246,12 @@ class SelfTraining:
         tqdm.write(format_summary(rows))
         compare_runs([self.root / r for r in runs], self.root / "compare", device=str(self.device))
         return summary
+
+
+def _say(line: str) -> None:
+    """A progress line, printed once (by rank 0) under torchrun."""
+    if distributed.is_main():
+        tqdm.write(line)
 
 
 def _pct(v: float | None) -> str:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minkseg.inference import ScenePrediction
-from scannet_tools.io import atomic_path, write_ids, write_text_atomic
+from scannet_tools.io import IdsFileError, atomic_path, parse_binary_mask, parse_ids, write_ids, write_text_atomic
 from scannet_tools.labels import INSTANCE_NYU40_IDS
+
+if TYPE_CHECKING:  # validate-submission runs without torch
+    from minkseg.inference import ScenePrediction
 
 MASK_DIR = "predicted_masks"
 
@@ -45,16 +48,19 @@ def write_scene_submission(pred: ScenePrediction, out: Path, max_masks: int = 0,
 
 
 def predict_submission(model, cfg, prepared_dir: Path, scenes: list[str], out: Path, device: str = "cpu",
-                       max_masks: int = 0, min_score: float = 0.0) -> int:
-    """Run the model on prepared scenes and write their submission files; returns the mask count."""
+                       max_masks: int = 0, min_score: float = 0.0, workers: int = 0) -> int:
+    """Run the model on prepared scenes (read ahead by ``workers`` processes) and write their
+    submission files; returns the mask count."""
     from tqdm import tqdm
 
+    from minkseg.data.dataset import iterate_prepared
     from minkseg.inference import predict_scene
-    from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
+    from scannet_tools.prepare import PREPARED_SUFFIX
 
     masks = 0
-    for name in tqdm(scenes, desc="predict", unit="scene", disable=None):
-        pred = predict_scene(model, load_prepared(Path(prepared_dir) / f"{name}{PREPARED_SUFFIX}"), cfg, device)
+    files = [Path(prepared_dir) / f"{name}{PREPARED_SUFFIX}" for name in scenes]
+    for scene in tqdm(iterate_prepared(files, workers), total=len(files), desc="predict", unit="scene", disable=None):
+        pred = predict_scene(model, scene, cfg, device)
         masks += write_scene_submission(pred, out, max_masks, min_score)
     return masks
 
@@ -75,6 +81,7 @@ def zip_submission(out: Path) -> list[Path]:
 @dataclass
 class ValidationReport:
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # legal, but scored in a way the user may not expect
     scenes: int = 0
     masks: int = 0
 
@@ -83,25 +90,52 @@ class ValidationReport:
         return not self.problems
 
 
-def _check_ids(path: Path, n: int, allowed: set[int] | None, report: ValidationReport, what: str) -> None:
+def _read_values(path: Path, report: ValidationReport) -> np.ndarray | None:
+    """The file's integers (the evaluator's reader), or None with the problem recorded."""
     try:
-        text = path.read_text()
+        return parse_ids(path.read_bytes(), path)
+    except OSError as e:
+        report.problems.append(f"{path}: cannot read ({e.strerror})")
+    except IdsFileError as e:
+        report.problems.append(str(e))
+    return None
+
+
+def _check_count(path: Path, values: np.ndarray, n: int, report: ValidationReport) -> None:
+    if len(values) != n:
+        report.problems.append(f"{path}: {len(values)} lines, the mesh has {n} vertices")
+
+
+def _check_semantic(path: Path, n: int, report: ValidationReport) -> None:
+    values = _read_values(path, report)
+    if values is None:
+        return
+    _check_count(path, values, n, report)
+    outside = np.unique(values[(values < 0) | (values > 40)])
+    if len(outside):
+        report.problems.append(f"{path}: label values outside the NYU40 ids 0..40: {outside[:5].tolist()}")
+    unlabelled = int(np.count_nonzero(values == 0))
+    if unlabelled:
+        report.warnings.append(f"{path}: {unlabelled} vertices have label 0; the official evaluation counts them "
+                               "as wrong wherever the ground truth is one of the 20 classes")
+
+
+def _check_mask(path: Path, n: int, report: ValidationReport) -> None:
+    try:
+        data = path.read_bytes()
     except OSError as e:
         report.problems.append(f"{path}: cannot read ({e.strerror})")
         return
-    lines = text.splitlines()
-    if len(lines) != n:
-        report.problems.append(f"{path}: {len(lines)} lines, the mesh has {n} vertices")
-    bad = [i + 1 for i, s in enumerate(lines) if not s.strip().lstrip("-").isdigit()]
-    if bad:
-        report.problems.append(f"{path}: line {bad[0]} is not an integer ({len(bad)} such lines)")
+    binary = parse_binary_mask(data)
+    if binary is not None and len(binary) == n:  # the usual file: n lines of 0/1
         return
-    if allowed is not None and lines:
-        values = set(np.unique(np.asarray(lines, dtype=np.int64)).tolist())
-        extra = sorted(values - allowed)
-        if extra:
-            allowed_text = sorted(allowed) if len(allowed) < 5 else "the NYU40 ids 0..40"
-            report.problems.append(f"{path}: {what} values outside {allowed_text}: {extra[:5]}")
+    values = _read_values(path, report)
+    if values is None:
+        return
+    _check_count(path, values, n, report)
+    outside = np.unique(values[(values != 0) & (values != 1)])
+    if len(outside):
+        report.problems.append(f"{path}: mask values outside [0, 1]: {outside[:5].tolist()}")
 
 
 def validate_submission(sub: str | Path, vertex_counts: dict[str, int]) -> ValidationReport:
@@ -112,7 +146,6 @@ def validate_submission(sub: str | Path, vertex_counts: dict[str, int]) -> Valid
     if not sem_dir.is_dir() and not inst_dir.is_dir():
         report.problems.append(f"{sub}: has neither semantic/ nor instance/ (files must not sit in a root folder)")
         return report
-    semantic_ids = set(range(41))  # any NYU40 id (0: none); non-benchmark ids are legal, just wrong
     for d in (sem_dir, inst_dir):
         if not d.is_dir():
             continue
@@ -125,7 +158,7 @@ def validate_submission(sub: str | Path, vertex_counts: dict[str, int]) -> Valid
         report.scenes += 1
         f = sem_dir / f"{scene}.txt"
         if f.is_file():
-            _check_ids(f, n, semantic_ids, report, "label")
+            _check_semantic(f, n, report)
         f = inst_dir / f"{scene}.txt"
         if not f.is_file():
             continue
@@ -159,5 +192,5 @@ def validate_submission(sub: str | Path, vertex_counts: dict[str, int]) -> Valid
                 report.problems.append(f"{where}: mask file {rel} does not exist")
                 continue
             report.masks += 1
-            _check_ids(mask, n, {0, 1}, report, "mask")
+            _check_mask(mask, n, report)
     return report

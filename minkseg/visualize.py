@@ -131,7 +131,7 @@ def visualize_scene(model, cfg, scene_dir: Path, label_map: dict[str, int], out:
     raw = read_scene(scene_dir)
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / f"{raw.scene}.npz"
-        prepare_scene(scene_dir, f, label_map)
+        prepare_scene(scene_dir, f, label_map, unknown="otherprop")  # a picture needs no refusal
         scene = load_prepared(f)
     pred: ScenePrediction = predict_scene(model, scene, cfg, device)
     pred_inst = np.zeros(len(raw.xyz), np.int64)

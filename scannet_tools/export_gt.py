@@ -15,7 +15,7 @@ import numpy as np
 from .io import write_ids
 from .labels import read_label_table
 from .prepare import BatchReport, list_scenes, run_batch
-from .reader import SceneError, read_scene, vertex_labels
+from .reader import SceneError, label_vertices, read_scene, unknown_category_warning
 
 
 def gt_ids(nyu40: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -23,14 +23,17 @@ def gt_ids(nyu40: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndar
     return nyu40, nyu40 * 1000 + instance
 
 
-def export_gt_scene(scene_dir: Path, out_dir: Path, label_map: dict[str, int]) -> int:
+def export_gt_scene(scene_dir: Path, out_dir: Path, label_map: dict[str, int],
+                    unknown: str = "error") -> tuple[int, str | None]:
+    """Write one scene's ground-truth files; returns its vertex count and a warning line or None."""
     raw = read_scene(scene_dir)
     if not raw.annotated:
         raise SceneError(raw.scene, f"{raw.scene}.aggregation.json", "scene has no annotations to export")
-    semantic, instance = gt_ids(*vertex_labels(raw, label_map))
+    labels = label_vertices(raw, label_map, unknown)
+    semantic, instance = gt_ids(labels.nyu40, labels.instance)
     write_ids(out_dir / "semantic" / f"{raw.scene}.txt", semantic)
     write_ids(out_dir / "instance" / f"{raw.scene}.txt", instance)
-    return len(semantic)
+    return len(semantic), unknown_category_warning(raw.scene, labels.unknown, unknown)
 
 
 def export_gt_all(
@@ -40,8 +43,13 @@ def export_gt_all(
     workers: int = 1,
     scenes: list[str] | None = None,
     overwrite: bool = False,
+    unknown: str = "error",
 ) -> BatchReport:
-    """Export ground truth for every annotated scene; resumable, never stops on a bad scene."""
+    """Export ground truth for every annotated scene; resumable, never stops on a bad scene.
+
+    ``unknown`` is the policy for raw categories the table does not list: ``error`` (default),
+    ``otherprop`` or ``ignore`` (both ignored by the benchmark; see ``label_vertices``).
+    """
     scans_dir, out_dir = Path(scans_dir), Path(out_dir)
     label_map = read_label_table(label_table)
     report = BatchReport()
@@ -51,5 +59,5 @@ def export_gt_all(
         if done and not overwrite:
             report.skipped.append(d.name)
         else:
-            jobs.append((d, (out_dir, label_map)))
+            jobs.append((d, (out_dir, label_map, unknown)))
     return run_batch(export_gt_scene, jobs, workers, "export-gt", report)

@@ -32,6 +32,10 @@ FIRST_INSTANCE_TRAIN_ID = 2
 IGNORE_ID = -100
 
 LABEL_TABLE_NAME = "scannetv2-labels.combined.tsv"
+#: NYU40 "otherprop": outside the benchmark classes, so training and evaluation ignore it.
+OTHERPROP_NYU40 = 40
+#: What prepare/export-gt do with a raw category the label table does not list (first: default).
+UNKNOWN_CATEGORY_POLICIES: tuple[str, ...] = ("error", "otherprop", "ignore")
 
 # Lookup table NYU40 id -> train id. NYU40 ids live in 0..40, but real labels.ply files
 # hold out-of-range values (50, 149): everything outside the table maps to IGNORE_ID.

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .io import atomic_path
 from .labels import read_label_table
-from .reader import SceneError, read_scene, training_labels, vertex_labels
+from .reader import SceneError, label_vertices, read_scene, training_labels, unknown_category_warning
 
 PREPARED_SUFFIX = ".npz"
 
@@ -55,11 +55,18 @@ def apply_alignment(xyz: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return (xyz.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
 
 
-def prepare_scene(scene_dir: Path, out_file: Path, label_map: dict[str, int], align: bool = False) -> int:
-    """Prepare one raw scene into ``out_file``; returns its vertex count."""
-    raw = read_scene(scene_dir)
-    nyu40, instance = vertex_labels(raw, label_map)
-    semantic, inst = training_labels(nyu40, instance)
+def prepare_scene(scene_dir: Path, out_file: Path, label_map: dict[str, int] | None, align: bool = False,
+                  unknown: str = "error") -> tuple[int, str | None]:
+    """Prepare one raw scene into ``out_file``; returns its vertex count and a warning line or None.
+
+    ``label_map=None`` prepares without labels (every vertex ignored, as for a test scan):
+    what prediction needs, readable for any scan with a mesh. ``unknown`` is the policy for
+    raw categories missing from the table (see :func:`~scannet_tools.reader.label_vertices`).
+    """
+    raw = read_scene(scene_dir, annotations=label_map is not None)
+    labels = label_vertices(raw, label_map or {}, unknown)
+    semantic, inst = training_labels(labels.nyu40, labels.instance)
+    nyu40 = labels.nyu40
     if raw.seg_indices is not None:
         superpoint = np.unique(raw.seg_indices, return_inverse=True)[1].astype(np.int32)
     else:
@@ -76,7 +83,7 @@ def prepare_scene(scene_dir: Path, out_file: Path, label_map: dict[str, int], al
                 instance=inst, superpoint=superpoint, nyu40=np.clip(nyu40, 0, 255).astype(np.uint8),
                 axis_alignment=raw.axis_alignment,
             )
-    return len(xyz)
+    return len(xyz), unknown_category_warning(raw.scene, labels.unknown, unknown)
 
 
 def load_prepared(path: str | Path) -> dict[str, np.ndarray]:
@@ -105,6 +112,7 @@ class BatchReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)  # scene -> one line (unknown categories mapped)
     vertices: int = 0
 
     @property
@@ -114,22 +122,26 @@ class BatchReport:
     def summary(self, verb: str = "prepared") -> str:
         lines = [f"{verb} {len(self.done)}, skipped {len(self.skipped)} (already done), failed {len(self.failed)}"]
         lines += [f"  FAILED {msg}" for msg in self.failed.values()]
+        lines += [f"  warning: {msg}" for msg in self.warnings.values()]
         return "\n".join(lines)
 
 
-def _guarded(job: tuple) -> tuple[str, int, str | None]:
-    """Run ``fn(scene_dir, *args)``; a failure becomes a one-line reason instead of an exception."""
+def _guarded(job: tuple) -> tuple[str, int, str | None, str | None]:
+    """Run ``fn(scene_dir, *args)`` -> (vertices, warning); a failure becomes a one-line reason
+    instead of an exception. Returns (scene, vertices, error, warning)."""
     fn, scene_dir, args = job
     try:
-        return scene_dir.name, fn(scene_dir, *args), None
+        n, warning = fn(scene_dir, *args)
+        return scene_dir.name, n, None, warning
     except SceneError as e:
-        return scene_dir.name, 0, str(e)
+        return scene_dir.name, 0, str(e), None
     except Exception as e:  # one broken scene must never stop the others
-        return scene_dir.name, 0, f"{scene_dir.name}: unexpected {type(e).__name__}: {e}"
+        return scene_dir.name, 0, f"{scene_dir.name}: unexpected {type(e).__name__}: {e}", None
 
 
 def run_batch(fn, jobs: list[tuple[Path, tuple]], workers: int, desc: str, report: BatchReport) -> BatchReport:
-    """``fn(scene_dir, *args)`` for each job (in a process pool when workers > 1), with a progress bar."""
+    """``fn(scene_dir, *args) -> (vertices, warning or None)`` for each job (in a process pool when
+    workers > 1), with a progress bar."""
     tasks = [(fn, d, args) for d, args in jobs]
     workers = max(1, min(workers, os.cpu_count() or 1))
     bar = tqdm(total=len(tasks), desc=desc, unit="scene", dynamic_ncols=True, disable=None)
@@ -144,11 +156,13 @@ def run_batch(fn, jobs: list[tuple[Path, tuple]], workers: int, desc: str, repor
     return report
 
 
-def _collect(result: tuple[str, int, str | None], report: BatchReport, bar: tqdm) -> None:
-    scene, n, err = result
+def _collect(result: tuple[str, int, str | None, str | None], report: BatchReport, bar: tqdm) -> None:
+    scene, n, err, warning = result
     if err is None:
         report.done.append(scene)
         report.vertices += n
+        if warning is not None:
+            report.warnings[scene] = warning
     else:
         report.failed[scene] = err
         tqdm.write(f"error: {err}")
@@ -158,15 +172,20 @@ def _collect(result: tuple[str, int, str | None], report: BatchReport, bar: tqdm
 def prepare_all(
     scans_dir: str | Path,
     out_dir: str | Path,
-    label_table: str | Path,
+    label_table: str | Path | None,
     workers: int = 1,
     align: bool = False,
     scenes: list[str] | None = None,
     overwrite: bool = False,
+    unknown: str = "error",
 ) -> BatchReport:
-    """Prepare every scene of ``scans_dir`` into ``out_dir``; resumable, never stops on a bad scene."""
+    """Prepare every scene of ``scans_dir`` into ``out_dir``; resumable, never stops on a bad scene.
+
+    ``label_table=None`` prepares without labels (for prediction); ``unknown`` is the policy for
+    raw categories the table does not list: ``error`` (default), ``otherprop`` or ``ignore``.
+    """
     scans_dir, out_dir = Path(scans_dir), Path(out_dir)
-    label_map = read_label_table(label_table)
+    label_map = read_label_table(label_table) if label_table is not None else None
     report = BatchReport()
     jobs = []
     for d in list_scenes(scans_dir, scenes):
@@ -174,6 +193,6 @@ def prepare_all(
         if out_file.is_file() and not overwrite:
             report.skipped.append(d.name)
             continue
-        jobs.append((d, (out_file, label_map, align)))
+        jobs.append((d, (out_file, label_map, align, unknown)))
     out_dir.mkdir(parents=True, exist_ok=True)
     return run_batch(prepare_scene, jobs, workers, "prepare", report)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData
 
-from .labels import FIRST_INSTANCE_TRAIN_ID, nyu40_to_train_id
+from .labels import FIRST_INSTANCE_TRAIN_ID, OTHERPROP_NYU40, UNKNOWN_CATEGORY_POLICIES, nyu40_to_train_id
 
 
 class SceneError(Exception):
@@ -175,13 +175,22 @@ def _dedupe_repeated_groups(groups: list[dict]) -> list[dict]:
     return groups
 
 
-def read_scene(scene_dir: str | Path) -> RawScene:
-    """Read a raw ScanNet scene; annotations are optional (test scans have none)."""
+def read_scene(scene_dir: str | Path, annotations: bool = True) -> RawScene:
+    """Read a raw ScanNet scene; annotations are optional (test scans have none).
+
+    With ``annotations=False`` only the mesh, the alignment and the superpoints (when the
+    segs file is there) are read: the aggregation and ``labels.ply`` are not opened, so a
+    scan whose annotation uses any category, or has none, reads as long as its mesh does.
+    """
     paths = ScenePaths(Path(scene_dir))
     scene = paths.scene
     xyz, rgb, faces = read_mesh(paths.mesh, scene)
     n = len(xyz)
     raw = RawScene(scene, xyz, rgb, faces, axis_alignment=read_axis_alignment(paths.meta, scene))
+    if not annotations:
+        if paths.segs.is_file():
+            raw.seg_indices = _read_seg_indices(paths.segs, scene, n)
+        return raw
 
     has_segs, has_agg = paths.segs.is_file(), paths.aggregation.is_file()
     if has_segs != has_agg:
@@ -194,16 +203,7 @@ def read_scene(scene_dir: str | Path) -> RawScene:
     if not has_segs:
         return raw
 
-    segs = _read_json(paths.segs, scene)
-    if not isinstance(segs.get("segIndices"), list):
-        raise SceneError(scene, paths.segs, "no segIndices list")
-    try:
-        seg_indices = np.asarray(segs["segIndices"], dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise SceneError(scene, paths.segs, "segIndices holds non-integers") from e
-    if seg_indices.ndim != 1 or len(seg_indices) != n:
-        raise SceneError(scene, paths.segs, f"has {seg_indices.size} segIndices, the mesh has {n} vertices")
-
+    seg_indices = _read_seg_indices(paths.segs, scene, n)
     agg = _read_json(paths.aggregation, scene)
     groups = agg.get("segGroups")
     if not isinstance(groups, list):
@@ -225,7 +225,30 @@ def read_scene(scene_dir: str | Path) -> RawScene:
     return raw
 
 
-def vertex_labels(raw: RawScene, label_map: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def _read_seg_indices(path: Path, scene: str, n: int) -> np.ndarray:
+    """The per-vertex superpoint ids of a ``segs.json``, checked against the vertex count."""
+    segs = _read_json(path, scene)
+    if not isinstance(segs.get("segIndices"), list):
+        raise SceneError(scene, path, "no segIndices list")
+    try:
+        seg_indices = np.asarray(segs["segIndices"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SceneError(scene, path, "segIndices holds non-integers") from e
+    if seg_indices.ndim != 1 or len(seg_indices) != n:
+        raise SceneError(scene, path, f"has {seg_indices.size} segIndices, the mesh has {n} vertices")
+    return seg_indices
+
+
+@dataclass
+class VertexLabels:
+    """Per-vertex labels of an annotated scene and what was done about unknown categories."""
+
+    nyu40: np.ndarray  # (N,) int64 NYU40 id, 0 unannotated
+    instance: np.ndarray  # (N,) int64 objectId + 1, 0 unannotated
+    unknown: dict[str, int] = field(default_factory=dict)  # raw category not in the table -> vertices it labelled
+
+
+def label_vertices(raw: RawScene, label_map: dict[str, int], unknown: str = "error") -> VertexLabels:
     """Per-vertex NYU40 label and instance id (objectId + 1), 0 where unannotated.
 
     Reproduces ScanNet's ``export_train_mesh_for_evaluation.py`` (run under Python 3)
@@ -235,36 +258,69 @@ def vertex_labels(raw: RawScene, label_map: dict[str, int]) -> tuple[np.ndarray,
     segment list, and the first object of each raw category also holds the segments of
     the later objects of that category (the script extends that list in place) before they
     repaint their own. The bookkeeping runs on the few dozen segment lists; the painting
-    is array indexing. Unknown raw categories raise :class:`SceneError`.
+    is array indexing.
+
+    A raw category missing from the label table (``stick`` after the 2018 table update,
+    old spellings such as ``trashcan``) follows ``unknown``: ``"error"`` raises
+    :class:`SceneError`; ``"otherprop"`` labels it NYU40 40 (otherprop, outside the
+    benchmark, so ignored by training and evaluation) and keeps its instances;
+    ``"ignore"`` leaves its vertices unannotated (0) with no instance. The vertices each
+    unknown category ends up labelling are counted in ``VertexLabels.unknown``.
     """
+    if unknown not in UNKNOWN_CATEGORY_POLICIES:
+        raise ValueError(f"unknown-category policy {unknown!r}: expected one of {', '.join(UNKNOWN_CATEGORY_POLICIES)}")
     n = len(raw.xyz)
     nyu40 = np.zeros(n, dtype=np.int64)
     instance = np.zeros(n, dtype=np.int64)
     if not raw.annotated:
-        return nyu40, instance
+        return VertexLabels(nyu40, instance)
     object_segs: dict[int, list] = {}
     label_segs: dict[str, list] = {}
     for g in raw.seg_groups:
         label, segs = g["label"], list(g["segments"])  # a private list, aliased below as in the script
-        if label not in label_map:
+        if label not in label_map and unknown == "error":
             raise SceneError(raw.scene, f"{raw.scene}.aggregation.json",
-                             f"unknown raw category {label!r} (not in the label table)")
-        object_segs[int(g["objectId"]) + 1] = segs
+                             f"unknown raw category {label!r} (not in the label table; "
+                             "--unknown-category otherprop or ignore maps such categories to ignored labels)")
+        if label in label_map or unknown == "otherprop":  # "ignore": its objects vanish with its label
+            object_segs[int(g["objectId"]) + 1] = segs
         if label in label_segs:
             label_segs[label].extend(segs)
         else:
             label_segs[label] = segs
+    unknown_value = OTHERPROP_NYU40 if unknown == "otherprop" else 0
     # Segment id -> position among the sorted unique ids, so painting is array indexing.
     uniq, seg_pos = np.unique(raw.seg_indices, return_inverse=True)
     seg_label = np.zeros(len(uniq), dtype=np.int64)
+    seg_painter = np.full(len(uniq), -1, dtype=np.int64)  # which label_segs entry painted it last
     seg_instance = np.zeros(len(uniq), dtype=np.int64)
-    for label, segs in label_segs.items():
-        seg_label[np.searchsorted(uniq, np.asarray(segs, dtype=np.int64))] = label_map[label]
+    for k, (label, segs) in enumerate(label_segs.items()):
+        where = np.searchsorted(uniq, np.asarray(segs, dtype=np.int64))
+        seg_label[where] = label_map.get(label, unknown_value)
+        seg_painter[where] = k
     for object_id, segs in object_segs.items():
         seg_instance[np.searchsorted(uniq, np.asarray(segs, dtype=np.int64))] = object_id
     nyu40[:] = seg_label[seg_pos]
     instance[:] = seg_instance[seg_pos]
-    return nyu40, instance
+    painted = np.bincount(seg_painter[seg_pos] + 1, minlength=len(label_segs) + 1)[1:]
+    counts = {label: int(painted[k]) for k, label in enumerate(label_segs) if label not in label_map}
+    return VertexLabels(nyu40, instance, counts)
+
+
+def vertex_labels(raw: RawScene, label_map: dict[str, int], unknown: str = "error") -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex NYU40 label and instance id: :func:`label_vertices` without the unknown-category counts."""
+    labels = label_vertices(raw, label_map, unknown)
+    return labels.nyu40, labels.instance
+
+
+def unknown_category_warning(scene: str, counts: dict[str, int], unknown: str) -> str | None:
+    """One line saying which unknown categories were mapped to what, with their vertex counts."""
+    if not counts:
+        return None
+    target = "otherprop (NYU40 40, ignored)" if unknown == "otherprop" else "unannotated (ignored)"
+    listed = ", ".join(f"{label!r} {v:,} vertices" for label, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"{scene}: {len(counts)} raw categor{'y' if len(counts) == 1 else 'ies'} not in the label table "
+            f"labelled {target}: {listed}")
 
 
 def training_labels(nyu40: np.ndarray, instance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

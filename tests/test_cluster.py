@@ -1,6 +1,7 @@
 """Greedy clustering recovers planted instances exactly (Sec. 3.4, Eq. 11)."""
 
 import numpy as np
+import pytest
 import torch
 
 from minkseg.cluster import cluster_margin, cluster_probabilistic, greedy_cluster
@@ -68,3 +69,101 @@ def test_min_size_and_seed_threshold():
     assert c.num_instances == 1 and c.voxel_instance.tolist() == [0, 0, 0, -1]
     c = greedy_cluster(score, torch.ones(4, dtype=torch.bool), kernel, probs, tau=0.5, seed_threshold=0.99)
     assert c.num_instances == 0
+
+
+COUNTER, CHAIR, SOFA = 11, 4, 5  # train ids
+
+
+def counter_and_chair(voxel: float = 0.05):
+    """A 4 m x 0.6 m x 0.1 m counter of voxels with a chair (0.5 m cube) touching its long
+    side, on a floor; ideal embeddings: every voxel of an object at that object's centre,
+    so the counter's end voxels need 2 m offsets. Returns centres, truth, classes, logits."""
+    def block(lo, hi):
+        axes = [torch.arange(a + voxel / 2, b, voxel) for a, b in zip(lo, hi)]
+        return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+    counter, chair = block((0, 0, 0.8), (4.0, 0.6, 0.9)), block((1.5, 0.6, 0), (2.0, 1.1, 0.5))
+    floor = block((0, 1.2, 0), (4.0, 2.0, voxel))
+    x = torch.cat([counter, chair, floor])
+    truth = torch.cat([torch.zeros(len(counter)), torch.ones(len(chair)), torch.full((len(floor),), -1.0)]).long()
+    mu = x.clone()
+    mu[truth == 0] = counter.mean(0)
+    mu[truth == 1] = chair.mean(0)
+    sem = torch.full((len(x), 20), -5.0)
+    sem[truth == 0, COUNTER] = sem[truth == 1, CHAIR] = sem[truth == -1, 1] = 5.0
+    return x, mu, truth, sem
+
+
+def test_a_4m_counter_is_recovered_whole_by_both_heads():
+    x, mu, truth, sem = counter_and_chair()
+    assert (mu - x)[truth == 0].norm(dim=1).max() > 1.9  # beyond the old 1 m reach
+    cls = torch.tensor([COUNTER, CHAIR])
+    score = torch.full((len(x), 19), -5.0)
+    score[truth >= 0, cls[truth[truth >= 0]] - 2] = 5.0
+    seed = torch.full((len(x), 18), -5.0)
+    seed[truth >= 0, cls[truth[truth >= 0]] - 2] = 5.0
+    probabilistic = cluster_probabilistic(mu, torch.full_like(mu, np.log(0.05)), score, sem, tau=0.35)
+    margin = cluster_margin(mu, torch.full_like(mu, 0.3), seed, sem, tau=0.5)
+    for c in (probabilistic, margin):
+        assert c.num_instances == 2 and same_partition(c.voxel_instance, truth)
+        counter = c.voxel_instance[truth == 0]
+        assert (counter == counter[0]).all() and c.classes[counter[0]] == COUNTER
+        assert (c.voxel_instance[truth == -1] == -1).all()
+
+
+def one_instance(n: int, seed_index: int, seed_score: float, seed_probs: dict[int, float],
+                 member_probs: dict[int, float]):
+    """n voxels embedded at one point; only voxel ``seed_index`` scores as a centre."""
+    probs = torch.full((n, 20), 1e-4)
+    for c, p in member_probs.items():
+        probs[:, c] = p
+    probs[seed_index] = 1e-4
+    for c, p in seed_probs.items():
+        probs[seed_index, c] = p
+    probs = probs / probs.sum(1, keepdim=True)
+    score = torch.full((n, 19), 0.0)
+    score[:, -1] = 10.0  # "not a centre"
+    score[seed_index, :-1] = -20.0
+    score[seed_index, 0] = np.log(seed_score / (1 - seed_score)) + 10.0  # softmax gives seed_score
+    return torch.zeros(n, 3), torch.full((n, 3), np.log(0.05)), score, probs.log(), probs
+
+
+def test_class_is_the_cluster_mean_and_confidence_includes_the_seed_score():
+    # the seed voxel leans chair; the 19 other voxels say sofa: the instance is a sofa
+    mu, ls, score, sem_logits, probs = one_instance(20, 3, 0.8, {CHAIR: 0.6, SOFA: 0.4}, {SOFA: 0.9, CHAIR: 0.05})
+    c = cluster_probabilistic(mu, ls, score, sem_logits, seed_threshold=0.5, min_size=1)
+    assert c.num_instances == 1 and (c.voxel_instance == 0).all()
+    assert c.classes.tolist() == [SOFA]
+    expected = float(probs[:, SOFA].mean()) * 0.8
+    assert float(c.scores[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_touching_instances_keep_their_voxels():
+    # two instances whose embeddings are 0.25 m apart; B's seed is wide enough to cover A,
+    # but A (the stronger seed) is clustered first and its voxels are never taken back
+    n = 30
+    emb = torch.cat([torch.zeros(n, 3), torch.tensor([0.25, 0, 0]).expand(n, 3)])
+    truth = torch.arange(2).repeat_interleave(n)
+    sigma = torch.where(truth[:, None] == 0, torch.tensor(0.4), torch.tensor(0.05)).expand(-1, 3).contiguous()
+    # bandwidth exp(10 s~): A's seed exp(4) = 55 gives phi(0.25) = 0.03; B's exp(0.5) = 1.6 gives 0.90
+    seed = torch.full((2 * n, 18), -5.0)
+    seed[0, 0], seed[n, 0] = 3.0, 2.0  # A's seed first
+    sem = torch.full((2 * n, 20), -5.0)
+    sem[:, CHAIR] = 5.0
+    c = cluster_margin(emb, sigma, seed, sem, tau=0.5, seed_threshold=0.5, min_size=1)
+    assert c.voxel_instance[:n].tolist() == [0] * n and c.voxel_instance[n:].tolist() == [1] * n
+
+
+def test_margin_membership_uses_the_seed_bandwidth():
+    # seed at 0 with bandwidth exp(10 * 0.07) = 2: phi(0.3 m) = 0.84 joins, phi(0.6 m) = 0.49 does not;
+    # each group's own bandwidth says the opposite (50: phi(0.3) = 0.01; 0.5: phi(0.6) = 0.84)
+    near, far = torch.tensor([0.3, 0, 0]).expand(10, 3), torch.tensor([-0.6, 0, 0]).expand(10, 3)
+    emb = torch.cat([torch.zeros(1, 3), near, far])
+    s = torch.cat([torch.full((1,), np.log(2) / 10), torch.full((10,), np.log(50) / 10),
+                   torch.full((10,), np.log(0.5) / 10)])[:, None].expand(-1, 3).contiguous()
+    seed = torch.full((21, 18), -5.0)
+    seed[0, 0] = 3.0  # only voxel 0 can seed
+    sem = torch.full((21, 20), -5.0)
+    sem[:, CHAIR] = 5.0
+    c = cluster_margin(emb, s, seed, sem, tau=0.5, seed_threshold=0.5, min_size=1)
+    assert c.voxel_instance.tolist() == [0] * 11 + [-1] * 10

@@ -6,6 +6,8 @@ import pytest
 from scannet_tools.labels import (
     IGNORE_ID,
     INSTANCE_NYU40_IDS,
+    OTHERPROP_NYU40,
+    UNKNOWN_CATEGORY_POLICIES,
     LabelTableError,
     bundled_label_table,
     find_label_table,
@@ -64,3 +66,14 @@ def test_label_table_found_next_to_scans(tmp_path):
     other = tmp_path / "mine.tsv"
     other.write_text("x")
     assert find_label_table(tmp_path / "scans", other) == other
+
+
+def test_otherprop_is_nyu40_40_and_outside_the_benchmark():
+    import csv
+
+    with open(bundled_label_table(), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    classes = {int(r["nyu40id"]): r["nyu40class"] for r in rows if r["nyu40id"].strip()}
+    assert classes[OTHERPROP_NYU40] == "otherprop"
+    assert nyu40_to_train_id(np.array([OTHERPROP_NYU40])).tolist() == [IGNORE_ID]
+    assert UNKNOWN_CATEGORY_POLICIES[0] == "error"  # the default refuses

@@ -1,8 +1,15 @@
-"""The vectorized evaluator against a literal transcription of the official scripts' rules."""
+"""The vectorized evaluator against a transcription of ScanNet's current evaluation scripts,
+hand-built scenes that pin each rule of the scripts, and the benchmark-file reader."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from minkseg.evaluate import _clean, evaluate_dirs, missing_scenes_line
 from minkseg.metrics import (
     OVERLAPS,
     InstancePrediction,
@@ -12,129 +19,232 @@ from minkseg.metrics import (
     summarize_instance,
     summarize_semantic,
 )
+from scannet_tools.io import IdsFileError, parse_ids, read_ids, write_ids
+from scannet_tools.labels import INSTANCE_NYU40_IDS, SEMANTIC_NYU40_IDS
 
 from . import official_eval_reference as ref
 
 CLASSES = [3, 5, 7, 39]
+CHAIR, TABLE = 5, 7
+LI = {lab: i for i, lab in enumerate(INSTANCE_NYU40_IDS)}
+I50, I25 = 0, len(OVERLAPS) - 1  # columns of the 0.50 and 0.25 thresholds
 
 
 def random_scene(rng, n=3000):
-    """Ground truth with instances of a few classes (some tiny), wall/floor and unannotated vertices."""
+    """Instances of a few classes (some under 100 vertices) among wall, floor, unannotated and other vertices."""
     gt = np.zeros(n, np.int64)
-    start = 0
-    inst = 1
+    start, inst = 0, 1
     while start < n - 50:
-        size = int(rng.choice([30, 150, 300, 600]))
+        size = int(rng.choice([30, 99, 100, 150, 300, 600]))
         kind = rng.random()
-        if kind < 0.15:
+        if kind < 0.12:
             val = 0
-        elif kind < 0.25:
-            val = 1 * 1000 + inst  # wall: not an instance class
+        elif kind < 0.3:
+            val = int(rng.choice([1, 2, 13, 40])) * 1000 + inst  # wall, floor, non-benchmark classes
         else:
             val = int(rng.choice(CLASSES)) * 1000 + inst
         gt[start:start + size] = val
         start += size
         inst += 1
-    perm = rng.permutation(n)  # instances need not be contiguous in vertex order
-    return gt[perm]
+    return gt[rng.permutation(n)]  # instances need not be contiguous in vertex order
 
 
 def random_predictions(rng, gt):
     preds = []
-    ids = [i for i in np.unique(gt) if i >= 3000]
-    for i in ids:
+    for i in [i for i in np.unique(gt) if i // 1000 in CLASSES]:
         for _ in range(rng.integers(0, 3)):  # 0, 1 or 2 (duplicate) detections of this instance
-            mask = gt == i
-            flip = rng.random(len(gt)) < rng.choice([0.001, 0.02, 0.2])
-            mask = mask ^ (flip & (rng.random(len(gt)) < 0.3))
-            label = i // 1000 if rng.random() < 0.85 else int(rng.choice(CLASSES + [1, 13]))
+            flip = (rng.random(len(gt)) < rng.choice([0.001, 0.05, 0.3])) & (rng.random(len(gt)) < 0.5)
+            label = int(i // 1000) if rng.random() < 0.85 else int(rng.choice(CLASSES + [1, 13]))
             conf = float(rng.choice([0.3, 0.5, 0.9, rng.random()]))  # ties on purpose
-            preds.append((mask.astype(np.int64), label, conf))
-    for _ in range(rng.integers(0, 4)):  # pure false positives, some on unannotated vertices
-        mask = rng.random(len(gt)) < rng.choice([0.02, 0.1])
+            preds.append((((gt == i) ^ flip).astype(np.int64), label, conf))
+    for _ in range(rng.integers(0, 5)):  # false positives: parts of any segment (walls too) plus noise
+        part = (gt == rng.choice(np.unique(gt))) & (rng.random(len(gt)) < rng.random())
+        mask = part | (rng.random(len(gt)) < rng.choice([0.0, 0.02, 0.1]))
         preds.append((mask.astype(np.int64), int(rng.choice(CLASSES)), float(rng.random())))
     return preds
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_instance_ap_equals_official_rules(seed):
+def ours(scenes):
+    return instance_ap([match_scene(gt, [InstancePrediction(m, lab, c) for m, lab, c in p]) for gt, p in scenes])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_instance_ap_equals_official_scripts(seed):
     rng = np.random.default_rng(seed)
     scenes = []
     for _ in range(3):
         gt = random_scene(rng)
         scenes.append((gt, random_predictions(rng, gt)))
-    expected = ref.instance_ap(scenes)
-    ours = instance_ap([match_scene(gt, [InstancePrediction(m, lab, c) for m, lab, c in p]) for gt, p in scenes])
-    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12, equal_nan=True)
-    s = summarize_instance(ours)
-    assert 0 <= s["AP50"] <= 1 and 0 <= s["mAP"] <= s["AP25"] + 1e-12
+    expected = ref.instance_ap(scenes, empty_ap=0.0)
+    got = ours(scenes)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, equal_nan=True)
+    assert np.isfinite(got).sum() >= 3 * len(OVERLAPS)  # several classes scored, not a table of NaN
+    s, r = summarize_instance(got), ref.compute_averages(expected)
+    np.testing.assert_allclose([s["mAP"], s["AP50"], s["AP25"]], [r["all_ap"], r["all_ap_50%"], r["all_ap_25%"]],
+                               rtol=0, atol=1e-9)
+    for name, v in s["per_class"].items():
+        np.testing.assert_allclose([v["ap"], v["ap50"], v["ap25"]], list(r["classes"][name].values()),
+                                   rtol=0, atol=1e-9, equal_nan=True)
 
 
-def test_strict_iou_threshold_and_min_region():
-    gt = np.zeros(1000, np.int64)
-    gt[:200] = 5001
-    half = np.zeros(1000, bool)
-    half[:100] = True
-    half[200:300] = True  # IoU = 100 / 300 < 0.5 ; exactly 0.5 needs IoU > 0.5 to match
-    exact = np.zeros(1000, bool)
-    exact[:200] = True
-    exact[200:400] = True  # IoU = 200 / 400 = 0.5 exactly: not a match at 0.5
-    ap = instance_ap([match_scene(gt, [InstancePrediction(exact, 5, 0.9)])])
-    li = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39].index(5)
-    assert ap[li, 0] == 0.0 and ap[li, -1] == 1.0  # 0.50: miss; 0.25: hit
-    small = np.zeros(1000, bool)
-    small[:99] = True  # under 100 vertices: dropped, class has no prediction -> AP 0
-    assert instance_ap([match_scene(gt, [InstancePrediction(small, 5, 0.9)])])[li, -1] == 0.0
-    assert np.isnan(instance_ap([match_scene(gt, [])])[0, 0])  # cabinet: no gt, no pred -> NaN
-
-
-def test_prediction_on_ignored_ground_truth_is_not_a_false_positive():
-    gt = np.zeros(1000, np.int64)
-    gt[:300] = 5001
-    gt[300:350] = 5002  # a ground-truth chair under 100 vertices: ignored
-    good = np.zeros(1000, bool)
-    good[:300] = True
-    on_small = np.zeros(1000, bool)
-    on_small[300:350] = True
-    on_small[350:410] = True  # 50 of 110 vertices on the ignored instance: 45 %
-    li = 2  # chair
-    ap = instance_ap([match_scene(gt, [InstancePrediction(good, 5, 0.5), InstancePrediction(on_small, 5, 0.9)])])
-    # at 0.25 the 45 % share exceeds the threshold: ignored, AP stays 1; at 0.5 it is a false positive
-    assert ap[li, -1] == 1.0 and ap[li, 0] < 1.0
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_semantic_iou_equals_official_rules(seed):
+@pytest.mark.parametrize("seed", range(4))
+def test_semantic_iou_equals_official_script(seed):
     rng = np.random.default_rng(seed)
     pairs = []
     for _ in range(3):
         gt = rng.choice([0, 1, 2, 3, 5, 13, 39, 40], size=2000)
-        pred = np.where(rng.random(2000) < 0.7, gt, rng.choice([1, 2, 3, 5, 7, 0], size=2000))
+        pred = np.where(rng.random(2000) < 0.7, gt, rng.choice([-1, 0, 1, 2, 3, 5, 7, 13, 40, 41, 1000], size=2000))
         pairs.append((gt, pred))
-    conf = sum(semantic_confusion(g, p) for g, p in pairs)
-    ours = summarize_semantic(conf)
+    got = summarize_semantic(sum(semantic_confusion(g, p) for g, p in pairs))
     expected = ref.semantic_ious(pairs)
-    np.testing.assert_allclose(list(ours["per_class"].values()), expected, equal_nan=True)
-    assert ours["mIoU"] == pytest.approx(np.nanmean(expected))
+    np.testing.assert_allclose(list(got["per_class"].values()), expected, rtol=0, atol=1e-9, equal_nan=True)
+    assert got["mIoU"] == pytest.approx(np.nanmean(expected), abs=1e-9)
 
 
-def test_duplicate_detection_is_a_false_positive_with_the_lower_score():
-    gt = np.zeros(1000, np.int64)
-    gt[:400] = 7001  # one table
-    mask = np.zeros(1000, bool)
-    mask[:400] = True
-    li = 4  # table
-    one = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.9)])])
-    # a second, lower-scored copy: precision drops after recall is reached, AP stays 1
-    low = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.9), InstancePrediction(mask, 7, 0.1)])])
-    # a higher-scored copy listed second: the ground truth keeps the max score, the other copy is the FP
-    high = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.1), InstancePrediction(mask, 7, 0.9)])])
-    assert one[li, 0] == 1.0 and low[li, 0] == 1.0 and high[li, 0] == 1.0
-    # but a higher-scored false positive elsewhere ranks first and costs precision
-    fp = np.zeros(1000, bool)
-    fp[500:700] = True
-    worse = instance_ap([match_scene(gt, [InstancePrediction(mask, 7, 0.5), InstancePrediction(fp, 7, 0.9)])])
-    assert worse[li, 0] < 1.0
+# ---- hand-built scenes, one rule each ----
+
+def scene(n=1000, **segments):
+    """gt of n vertices; segments name=(start, stop, id)."""
+    gt = np.zeros(n, np.int64)
+    for start, stop, val in segments.values():
+        gt[start:stop] = val
+    return gt
+
+
+def mask(n, *ranges):
+    m = np.zeros(n, np.int64)
+    for a, b in ranges:
+        m[a:b] = 1
+    return m
+
+
+def ap_of(gt, preds, label=CHAIR):
+    return ours([(gt, preds)])[LI[label]]
+
+
+def test_prediction_needs_at_least_100_vertices():
+    gt = scene(a=(0, 300, 5001))
+    assert ap_of(gt, [(mask(1000, (0, 100)), CHAIR, 0.9)])[I25] == 1.0  # IoU 1/3: a match at 0.25
+    assert ap_of(gt, [(mask(1000, (0, 99)), CHAIR, 0.9)])[I25] == 0.0  # dropped: ground truth only -> 0
+
+
+def test_ground_truth_under_100_vertices_is_not_a_miss():
+    perfect = [(mask(1000, (0, 300)), CHAIR, 0.9)]
+    assert ap_of(scene(a=(0, 300, 5001), b=(300, 399, 5002)), perfect)[I50] == 1.0
+    assert ap_of(scene(a=(0, 300, 5001), b=(300, 400, 5002)), perfect)[I50] == 0.5  # 100 vertices: a miss
+
+
+def test_iou_must_be_strictly_above_the_threshold():
+    gt = scene(a=(0, 200, 5001))
+    exact = [(mask(1000, (0, 200), (300, 500)), CHAIR, 0.9)]  # IoU 200 / 400 = 0.5
+    assert ap_of(gt, exact)[I50] == 0.0 and ap_of(gt, exact)[I25] == 1.0
+    gt4 = scene(a=(0, 400, 5001))
+    assert ap_of(gt4, [(mask(1000, (0, 100)), CHAIR, 0.9)])[I25] == 0.0  # IoU exactly 0.25
+    assert ap_of(gt4, [(mask(1000, (0, 101)), CHAIR, 0.9)])[I25] == 1.0
+
+
+# an unmatched chair prediction of 200 vertices: 120 on the segment below, 80 on nothing special
+@pytest.mark.parametrize("other, ignored", [
+    (1001, True),  # wall
+    (2002, True),  # floor
+    (0, True),  # unannotated
+    (13003, True),  # a non-benchmark class (pillow)
+    (40004, True),  # otherprop
+    (7006, False),  # another benchmark class: a false positive
+])
+def test_unmatched_prediction_on_void_is_ignored(other, ignored):
+    gt = scene(a=(0, 300, 5001), b=(300, 420, other), c=(420, 1000, 7009))
+    preds = [(mask(1000, (0, 300)), CHAIR, 0.5), (mask(1000, (300, 420), (420, 500)), CHAIR, 0.9)]
+    ap = ap_of(gt, preds)
+    # share on void 120 / 200 = 0.6: ignored up to threshold 0.55, counted above it
+    th_below = np.flatnonzero(OVERLAPS < 0.6)
+    if ignored:
+        assert (ap[th_below] == 1.0).all() and (ap[OVERLAPS > 0.61] < 1.0).all()
+    else:
+        assert (ap < 1.0).all()
+
+
+def test_share_on_small_same_class_ground_truth_is_ignored():
+    # 60 of the prediction's 220 vertices (27 %) lie on a 99-vertex instance, 160 on a table; IoU 60 / 259 < 0.25
+    pred = [(mask(1000, (0, 300)), CHAIR, 0.5), (mask(1000, (300, 360), (500, 660)), CHAIR, 0.9)]
+    small_chair = ap_of(scene(a=(0, 300, 5001), b=(300, 399, 5002), c=(399, 1000, 7003)), pred)
+    small_table = ap_of(scene(a=(0, 300, 5001), b=(300, 399, 7002), c=(399, 1000, 7003)), pred)
+    assert small_chair[I25] == 1.0 and small_chair[I50] < 1.0  # share of ignored ground truth 0.27 > 0.25
+    assert small_table[I25] < 1.0  # a small instance of another class is not ignored
+
+
+def test_ignored_share_equal_to_threshold_is_a_false_positive():
+    gt = scene(a=(0, 300, 5001), b=(300, 400, 1002), c=(400, 1000, 7003))
+    preds = [(mask(1000, (0, 300)), CHAIR, 0.5), (mask(1000, (300, 400), (400, 500)), CHAIR, 0.9)]
+    assert ap_of(gt, preds)[I50] < 1.0  # 100 / 200 = 0.5 is not above 0.5
+    preds[1] = (mask(1000, (300, 400), (400, 499)), CHAIR, 0.9)  # 100 / 199 > 0.5
+    assert ap_of(gt, preds)[I50] == 1.0
+
+
+def test_duplicate_is_a_false_positive_with_the_lower_score():
+    gt = scene(a=(0, 300, 5001), b=(300, 600, 5002))
+    b = (mask(1000, (300, 600)), CHAIR, 0.5)
+    # instance a: two detections listed 0.2 then 0.9; a keeps 0.9, the duplicate scores 0.2, below b's 0.5
+    assert ap_of(gt, [(mask(1000, (0, 300)), CHAIR, 0.2), (mask(1000, (0, 300)), CHAIR, 0.9), b])[I50] == 1.0
+    # duplicates at 0.9 and 0.8: the false positive (0.8) ranks above b: AP = (2/3 + 1/2 + 1 + 1) / 4
+    two = [(mask(1000, (0, 300)), CHAIR, 0.9), (mask(1000, (0, 300)), CHAIR, 0.8), b]
+    assert ap_of(gt, two)[I50] == pytest.approx(19 / 24, abs=1e-12)
+
+
+def test_ground_truth_takes_the_first_free_prediction_in_file_order():
+    # at 0.25, p1 overlaps chairs a (IoU 0.57) and b (IoU 0.375), p2 is a copy of a; a comes first (lower id)
+    gt = scene(a=(0, 200, 5001), b=(200, 400, 5002))
+    p1 = (mask(1000, (0, 350)), CHAIR, 0.9)
+    p2 = (mask(1000, (0, 200)), CHAIR, 0.8)
+    # p1 first: a takes p1, p2 is a's duplicate (FP 0.8), b finds no free prediction: AP 0.5
+    # p2 first: a takes p2, p1 is a's duplicate (FP 0.8) but stays free, so b takes it: AP 1
+    assert ap_of(gt, [p1, p2])[I25] == 0.5 and ap_of(gt, [p2, p1])[I25] == 1.0
+    assert ref.instance_ap([(gt, [p1, p2])])[LI[CHAIR], I25] == 0.5
+
+
+def test_nan_and_zero_rules():
+    gt = scene(a=(0, 300, 5001))
+    ap = ours([(gt, [(mask(1000, (0, 300)), CHAIR, 0.9), (mask(1000, (400, 600)), TABLE, 0.9)])])
+    assert (ap[LI[CHAIR]] == 1.0).all()
+    assert np.isnan(ap[LI[TABLE]]).all()  # predictions but no ground truth: NaN, left out of the means
+    assert np.isnan(ap[LI[3]]).all()  # neither
+    assert (ours([(gt, [])])[LI[CHAIR]] == 0.0).all()  # ground truth only: 0
+
+
+def test_class_with_nothing_to_score_gets_ap_zero_where_the_script_raises():
+    # the only chair prediction lies on the wall (ignored); the chair is missed: the script's list is empty
+    gt = scene(a=(0, 300, 5001), b=(300, 1000, 1002))
+    preds = [(mask(1000, (300, 600)), CHAIR, 0.9)]
+    with pytest.raises(IndexError):
+        ref.instance_ap([(gt, preds)])
+    assert (ap_of(gt, preds) == 0.0).all()
+
+
+def test_ids_outside_the_lookup_table_take_the_sorting_path():
+    rng = np.random.default_rng(3)
+    gt = random_scene(rng, 1500)
+    gt[:40] = -7  # not ScanNet ids, but the script would read them: void
+    gt[40:200] = (1 << 22) + 5001  # label 4199: void too
+    preds = random_predictions(rng, gt) + [(mask(1500, (0, 200), (200, 260)), CHAIR, 0.95)]
+    np.testing.assert_allclose(ours([(gt, preds)]), ref.instance_ap([(gt, preds)], empty_ap=0.0), atol=1e-9,
+                               equal_nan=True)
+
+
+def test_prediction_of_a_non_instance_class_is_dropped():
+    gt = scene(a=(0, 300, 5001))
+    for label in (1, 2, 0, 13, 40):
+        ap = ours([(gt, [(mask(1000, (0, 300)), CHAIR, 0.5), (mask(1000, (300, 700)), label, 0.9)])])
+        assert (ap[LI[CHAIR]] == 1.0).all() and np.isnan(np.delete(ap, LI[CHAIR], 0)).all()
+
+
+def test_semantic_rules_by_hand():
+    gt = np.array([1, 1, 1, 5, 5, 0, 13, 40, 5])
+    pred = np.array([1, 5, 0, 5, 13, 5, 5, 5, 40])
+    per_class = summarize_semantic(semantic_confusion(gt, pred))["per_class"]
+    # wall: TP 1, FN 2 (to chair and to 0); chair: TP 1, FP 1 (from wall), FN 2 (to 13 and 40); gt 0/13/40 ignored
+    assert per_class["wall"] == pytest.approx(1 / 3) and per_class["chair"] == pytest.approx(1 / 4)
+    assert np.isnan(per_class["floor"])
+    np.testing.assert_allclose(list(per_class.values()), ref.semantic_ious([(gt, pred)]), equal_nan=True)
 
 
 def test_averages_follow_the_official_script():
@@ -146,5 +256,213 @@ def test_averages_follow_the_official_script():
     assert s["mAP"] == pytest.approx(np.mean(np.concatenate([ap[0, rest], ap[1, rest]])))
     assert s["AP50"] == pytest.approx((ap[0, 0] + 0.5) / 2)
     assert s["AP25"] == pytest.approx((ap[0, -1] + 0.5) / 2)
-    assert np.isnan(s["per_class"]["sofa"]["ap"])  # no ground truth and no prediction: NaN, left out of means
-    assert len(OVERLAPS) == 10 and OVERLAPS[8] == pytest.approx(0.9)  # 0.50..0.90 and 0.25; 0.95 is not used
+    assert np.isnan(s["per_class"]["sofa"]["ap"])
+    assert len(OVERLAPS) == 10 and OVERLAPS[8] == pytest.approx(0.9) and OVERLAPS[2] == 0.6000000000000001
+
+
+# ---- property test: any small scene ----
+
+try:
+    import hypothesis
+    from hypothesis import strategies as st
+except ImportError:  # listed in the test extras; without it only this test is skipped
+    hypothesis = None
+
+if hypothesis is not None:
+    @st.composite
+    def small_scenes(draw):
+        segments = draw(st.lists(st.tuples(st.sampled_from([0, 1, 2, 13, 3, 5, 5, 7]),
+                                           st.sampled_from([20, 99, 100, 101, 160, 250])), min_size=1, max_size=6))
+        gt = np.concatenate([np.full(size, lab * 1000 + k + 1 if lab else 0, np.int64)
+                             for k, (lab, size) in enumerate(segments)])
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        gt = gt[rng.permutation(len(gt))]
+        ids = np.unique(gt)
+        preds = []
+        for _ in range(draw(st.integers(0, 6))):
+            covered = np.isin(gt, rng.choice(ids, size=int(rng.integers(1, 3))))
+            keep = rng.random(len(gt)) < draw(st.sampled_from([1.0, 0.9, 0.6, 0.3]))
+            noise = rng.random(len(gt)) < draw(st.sampled_from([0.0, 0.01, 0.1]))
+            value = draw(st.sampled_from([1, 2, -1]))  # any nonzero integer marks a member
+            preds.append((((covered & keep) | noise) * value, draw(st.sampled_from([3, 5, 7, 1])),
+                          draw(st.sampled_from([0.1, 0.5, 0.5, 0.9]))))
+        return gt, preds
+
+    @hypothesis.settings(max_examples=150, deadline=None)
+    @hypothesis.given(st.lists(small_scenes(), min_size=1, max_size=3))
+    def test_property_metrics_equal_transcription(scenes):
+        np.testing.assert_allclose(ours(scenes), ref.instance_ap(scenes, empty_ap=0.0), rtol=0, atol=1e-9,
+                                   equal_nan=True)
+else:
+    @pytest.mark.skip(reason="needs hypothesis (pip install -e '.[test]')")
+    def test_property_metrics_equal_transcription():
+        pass
+
+
+# ---- files ----
+
+@pytest.mark.parametrize("data, expected", [
+    (b"0\n1\n0\n", [0, 1, 0]),
+    (b"0\n1\n7", [0, 1, 7]),  # no trailing newline
+    (b"5012\r\n-3\r\n40\r\n", [5012, -3, 40]),
+    (b"12\r34\r", [12, 34]),
+    (b"", []),
+    (b"0\n", [0]),
+    (b" 7 \n+8\n-0009\n", [7, 8, -9]),  # blanks and signs: accepted like int()
+    (b"123456789012345678\n-999999999999999999\n", [123456789012345678, -999999999999999999]),
+])
+def test_parse_ids(data, expected):
+    got = parse_ids(data)
+    assert got.dtype == np.int64 and got.tolist() == expected
+    assert got.tolist() == np.array(data.splitlines(), dtype=np.int64).tolist()  # util_3d.load_ids
+
+
+@pytest.mark.parametrize("data, line", [(b"0\n1\n0.5\n", 3), (b"1\n\n1\n", 2), (b"1\nx\n", 2), (b"1\n1_0\n", 2),
+                                        (b"5-3\n", 1), (b"99999999999999999999\n", 1), (b"-\n", 1), (b"\n", 1),
+                                        (b"\r\n5\n", 1), (b"5\n\n", 2)])
+def test_parse_ids_names_the_bad_line(data, line, tmp_path):
+    f = tmp_path / "m.txt"
+    f.write_bytes(data)
+    with pytest.raises(IdsFileError, match=rf"m\.txt: line {line} is not an integer"):
+        read_ids(f)
+
+
+def test_parse_ids_random_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    for values in (rng.integers(0, 2, 5000), rng.integers(-50000, 50000, 5000), rng.integers(0, 41, 3)):
+        write_ids(tmp_path / "x.txt", values)
+        assert read_ids(tmp_path / "x.txt").tolist() == values.tolist()
+
+
+def write_submission(root, scenes, sem=True):
+    """scenes: {name: (gt, [(mask, label, conf)])} -> gt/ and sub/ folders in the benchmark layout."""
+    for name, (gt, preds) in scenes.items():
+        write_ids(root / "gt" / "instance" / f"{name}.txt", gt)
+        write_ids(root / "gt" / "semantic" / f"{name}.txt", gt // 1000)
+        if sem:
+            write_ids(root / "sub" / "semantic" / f"{name}.txt", gt // 1000)
+        lines = []
+        for k, (m, lab, conf) in enumerate(preds):
+            write_ids(root / "sub" / "instance" / "masks" / f"{name}_{k}.txt", m)
+            lines.append(f"masks/{name}_{k}.txt {lab} {conf!r}\n")
+        (root / "sub" / "instance" / f"{name}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (root / "sub" / "instance" / f"{name}.txt").write_text("".join(lines))
+
+
+def test_files_equal_the_transcription_of_the_scripts(tmp_path):
+    rng = np.random.default_rng(11)
+    scenes = {}
+    for s in range(3):
+        gt = random_scene(rng, 1500)
+        scenes[f"scene{s:04d}_00"] = (gt, random_predictions(rng, gt))
+    write_submission(tmp_path, scenes)
+    got = evaluate_dirs(tmp_path / "sub", tmp_path / "gt", ap_matrix=True, workers=2)
+    matches = {}
+    for name in scenes:
+        info = ref.read_instance_prediction_file(str(tmp_path / "sub" / "instance" / f"{name}.txt"),
+                                                 str(tmp_path / "sub" / "instance"))
+        gt2pred, pred2gt = ref.assign_instances_for_scan(ref.load_ids(tmp_path / "gt" / "instance" / f"{name}.txt"),
+                                                         info, ref.load_ids)
+        matches[name] = {"gt": gt2pred, "pred": pred2gt}
+    np.testing.assert_allclose(got["ap"], ref.evaluate_matches(matches, empty_ap=0.0), atol=1e-9, equal_nan=True)
+    assert got["semantic"]["mIoU"] == 1.0 and "missing_scenes" not in got
+
+
+def test_missing_scenes_are_reported(tmp_path, capsys):
+    from minkseg.cli import main
+
+    gt = scene(a=(0, 300, 5001))
+    write_submission(tmp_path, {f"scene{s:04d}_00": (gt, [(mask(1000, (0, 300)), CHAIR, 0.9)]) for s in range(5)})
+    for s in (1, 3, 4):
+        (tmp_path / "sub" / "instance" / f"scene{s:04d}_00.txt").unlink()
+    (tmp_path / "sub" / "semantic" / "scene0002_00.txt").unlink()
+    got = evaluate_dirs(tmp_path / "sub", tmp_path / "gt")
+    assert got["missing_scenes"] == {"instance": ["scene0001_00", "scene0003_00", "scene0004_00"],
+                                     "semantic": ["scene0002_00"]}
+    line = missing_scenes_line(got, shown=2)
+    assert "3 instance (scene0001_00, scene0003_00, ...)" in line and "1 semantic (scene0002_00)" in line
+    assert main(["evaluate", "--pred", str(tmp_path / "sub"), "--gt", str(tmp_path / "gt"),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ground-truth scenes without predictions" in err
+    assert '"scene0004_00"' in (tmp_path / "m.json").read_text()
+
+
+def test_non_integer_mask_line_is_one_error_line(tmp_path, capsys):
+    from minkseg.cli import main
+
+    gt = scene(a=(0, 300, 5001))
+    write_submission(tmp_path, {"scene0000_00": (gt, [(mask(1000, (0, 300)), CHAIR, 0.9)])})
+    f = tmp_path / "sub" / "instance" / "masks" / "scene0000_00_0.txt"
+    f.write_text("1\n" * 41 + "1.0\n" + "0\n" * 958)
+    assert main(["evaluate", "--pred", str(tmp_path / "sub"), "--gt", str(tmp_path / "gt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{f}: line 42 is not an integer" in err
+
+
+def test_evaluate_from_files_imports_neither_torch_nor_minkowskiengine(tmp_path):
+    rng = np.random.default_rng(5)
+    scenes = {}
+    for s in range(4):
+        gt = random_scene(rng, 800)
+        scenes[f"scene{s:04d}_00"] = (gt, random_predictions(rng, gt))
+    write_submission(tmp_path, scenes)
+    serial = evaluate_dirs(tmp_path / "sub", tmp_path / "gt")
+    args = ["evaluate", "--pred", str(tmp_path / "sub"), "--gt", str(tmp_path / "gt"), "--workers", "2",
+            "--json", str(tmp_path / "m.json")]
+    code = (f"import sys; from minkseg.cli import main; assert main({args!r}) == 0; "
+            "print(sorted(m for m in ('torch', 'MinkowskiEngine', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    assert out.strip().endswith("[]")
+    forked = json.loads((tmp_path / "m.json").read_text())  # scenes read in 2 forked processes
+    assert forked["instance"]["per_class"] == json.loads(json.dumps(_clean(serial)))["instance"]["per_class"]
+    assert forked["semantic"]["mIoU"] == serial["semantic"]["mIoU"]
+
+
+def test_semantic_ids_are_the_benchmark_classes():
+    assert list(ref.SEMANTIC_VALID_IDS) == list(SEMANTIC_NYU40_IDS)
+    assert list(ref.VALID_CLASS_IDS) == list(INSTANCE_NYU40_IDS)
+
+
+# ---- validate-submission ----
+
+def _scans_with_meshes(root, counts):
+    for scene, n in counts.items():
+        d = root / "scans" / scene
+        d.mkdir(parents=True)
+        (d / f"{scene}_vh_clean_2.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex %d\nend_header\n" % n)
+    return root / "scans"
+
+
+def test_validate_warns_about_label_0_and_names_non_integer_mask_lines(tmp_path):
+    from minkseg.submission import validate_submission
+
+    gt = scene(n=200, a=(0, 150, 5001))
+    write_submission(tmp_path, {"scene0000_00": (gt, [(mask(200, (0, 150)), CHAIR, 0.9)])})
+    sem = tmp_path / "sub" / "semantic" / "scene0000_00.txt"
+    write_ids(sem, np.r_[np.full(150, 5), np.zeros(50, int)])
+    report = validate_submission(tmp_path / "sub", {"scene0000_00": 200})
+    assert report.ok and report.masks == 1
+    assert len(report.warnings) == 1 and "50 vertices have label 0" in report.warnings[0]
+    bad = tmp_path / "sub" / "instance" / "masks" / "scene0000_00_0.txt"
+    bad.write_text("1\n" * 7 + "yes\n" + "0\n" * 192)
+    report = validate_submission(tmp_path / "sub", {"scene0000_00": 200})
+    assert report.problems == [f"{bad}: line 8 is not an integer: 'yes'"]
+    bad.write_text("1\n" * 150 + "0\n" * 49)
+    assert validate_submission(tmp_path / "sub", {"scene0000_00": 200}).problems == [
+        f"{bad}: 199 lines, the mesh has 200 vertices"]
+
+
+def test_validate_submission_cli_names_scenes_missing_under_scans(tmp_path, capsys):
+    from minkseg.cli import main
+
+    gt = scene(n=200, a=(0, 150, 5001))
+    write_submission(tmp_path, {"scene0000_00": (gt, [(mask(200, (0, 150)), CHAIR, 0.9)])})
+    scans = _scans_with_meshes(tmp_path, {"scene0000_00": 200})
+    args = ["validate-submission", str(tmp_path / "sub"), "--scans", str(scans)]
+    assert main([*args, "--split", "scene0000_00"]) == 0
+    assert "OK: 1 scenes, 1 masks" in capsys.readouterr().out
+    assert main([*args, "--split", "scene0000_00,scene0707_00,scene0708_00"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "2 of the 3 scenes" in err and "scene0707_00, scene0708_00" in err

@@ -1,13 +1,17 @@
 """The full model with each head: forward, loss, backward, clustering, devoxelization."""
 
+import math
+
 import pytest
 import torch
 
 from minkseg.cluster import cluster_margin, cluster_probabilistic
+from minkseg.config import ConfigError, ModelConfig, load_config
 from minkseg.data.dataset import PreparedScenes
 from minkseg.data.voxelize import collate
 from minkseg.devoxelize import devoxelize
 from minkseg.losses import batch_loss
+from minkseg.models.heads import MarginHead, ProbabilisticHead
 from minkseg.models.model import SegmentationModel
 from minkseg.models.unet import VARIANTS, build_backbone
 from minkseg.sparse import ME
@@ -65,8 +69,8 @@ def test_four_probabilistic_variants(aniso, hetero, batch):
         for b in range(2):
             ls = o.log_sigma[batch.batch == b]
             assert torch.allclose(ls, ls[:1].expand_as(ls))
-    # mu = x + tanh(o): within one unit of the voxel centre
-    assert ((o.mu - batch.centers).abs() < 1).all()
+    # mu = x + R tanh(o / R): within R = model.offset_range (3 m) of the voxel centre
+    assert ((o.mu - batch.centers).abs() < 3).all()
 
 
 def test_output_rows_follow_input_rows(batch):
@@ -84,3 +88,59 @@ def test_every_backbone_variant_builds():
         assert build_backbone(name, 3).out_channels > 0
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("MinkUNet99Z", 3)
+
+
+def pinned_offset(head: torch.nn.Module, bias_x: float) -> torch.Tensor:
+    """mu - x of a head whose offset MLP outputs o = (bias_x, 0, 0) for any input (zero last weights)."""
+    head.eval()
+    last = head.offset[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([bias_x, 0.0, 0.0]))
+        f, x = torch.randn(5, 16), torch.rand(5, 3) * 4
+        out = head(f, x, torch.zeros(5, dtype=torch.long))
+    mu = out.mu if isinstance(head, ProbabilisticHead) else out.embedding
+    return mu - x
+
+
+def reach_along_x(head: torch.nn.Module, target: float) -> torch.Tensor:
+    """mu - x of a head aimed (through the offset MLP's last bias) at ``target`` metres along x."""
+    r = float(head.offset.offset_range)
+    return pinned_offset(head, r * math.atanh(min(target / r, 1 - 1e-7)))
+
+
+@pytest.mark.parametrize("head", [ProbabilisticHead, MarginHead])
+def test_heads_reach_the_centre_of_a_5m_object(head):
+    r = ModelConfig().offset_range
+    assert r == 3.0
+    offset = reach_along_x(head(16, offset_range=r), 2.5)  # half of a 5 m counter
+    torch.testing.assert_close(offset, torch.tensor([2.5, 0.0, 0.0]).expand(5, 3), atol=1e-5, rtol=0)
+    assert (reach_along_x(head(16, offset_range=1.0), 2.5)[:, 0] <= 1).all()  # the paper's tanh(o) cannot
+
+
+def test_offsets_are_the_identity_near_zero_and_bounded_by_the_range():
+    head = ProbabilisticHead(16, offset_range=3.0)
+    # slope 1 at o = 0: small offsets are those of the paper's x + tanh(o) (and of an unbounded offset)
+    torch.testing.assert_close(pinned_offset(head, 0.01)[:, 0], torch.full((5,), 0.01), atol=1e-6, rtol=0)
+    torch.testing.assert_close(pinned_offset(head, 0.01), pinned_offset(ProbabilisticHead(16, offset_range=1.0), 0.01),
+                               atol=1e-6, rtol=0)
+    runaway = pinned_offset(head, 1e4)[:, 0]
+    assert (runaway <= 3.0 + 1e-6).all() and (runaway > 2.99).all()  # 1e-6: float32 rounding of (x + 3) - x
+    with pytest.raises(ValueError, match="offset_range must be > 0"):
+        ProbabilisticHead(16, offset_range=0.0)
+    with pytest.raises(ConfigError, match=r"config.model.offset_range: expected a length > 0 metres, got -1.0"):
+        load_config(None, ["model.offset_range=-1"])
+
+
+def test_checkpoints_keep_their_offset_range():
+    new = MarginHead(16, offset_range=3.0)
+    state = new.state_dict()
+    assert "offset.0.weight" in state and float(state["offset.offset_range"]) == 3.0  # names as before
+    loaded = MarginHead(16, offset_range=2.0)
+    loaded.load_state_dict(state)
+    assert float(loaded.offset.offset_range) == 3.0
+    legacy = {k: v for k, v in state.items() if k != "offset.offset_range"}  # saved before offset_range existed
+    loaded.load_state_dict(legacy)
+    assert float(loaded.offset.offset_range) == 1.0  # mu = x + tanh(o), the reach it was trained with
+    model = SegmentationModel.build("margin", "MinkUNet14A", offset_range=2.0, embedding_unit=0.5)
+    assert float(model.instance_head.offset.offset_range) == 4.0  # in embedding units

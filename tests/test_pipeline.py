@@ -66,7 +66,7 @@ def test_checkpoint_every_save_every_epochs_and_at_the_end(raw_root, prepared_di
     cfg = tiny_config(raw_root, prepared_dir, tmp_path, **{"train.epochs": 5, "train.save_every": 2})
     Trainer(cfg).fit()
     assert saved == [2, 4, 5]
-    assert torch.load(cfg.run_dir / "last.pth", weights_only=False)["epoch"] == 5
+    assert torch.load(cfg.run_dir / "last.pth", weights_only=True)["epoch"] == 5
 
 
 def test_files_evaluate_like_memory_and_validator_accepts_own_output(raw_root, prepared_dir, tmp_path):
@@ -165,7 +165,9 @@ def test_train_evaluate_predict_cli(raw_root, prepared_dir, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--split", "val", "--json", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert set(m) == {"instance", "semantic"} and set(m["instance"]) == {"mAP", "AP50", "AP25", "per_class"}
+    assert set(m) == {"instance", "semantic", "ceiling"} and set(m["instance"]) == {"mAP", "AP50", "AP25", "per_class"}
+    assert m["ceiling"]["voxel_size"] == 0.1 and 0 < m["ceiling"]["mIoU"] <= 1
+    assert "voxelization ceiling at 10 cm: mAP" in capsys.readouterr().out
     sub = tmp_path / "sub"
     assert main(["predict", "--checkpoint", str(ckpt), "--scans", str(raw_root / "scans"), "--split", "val",
                  "--out", str(sub), "--zip", "--max-masks", "5"]) == 0
@@ -183,9 +185,10 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     text = capsys.readouterr().out
     for head in ("probabilistic", "margin"):
         m = json.loads((out / "metrics" / f"{head}.json").read_text())
-        assert set(m) == {"instance", "semantic"}
+        assert set(m) == {"instance", "semantic", "ceiling"}
         assert (out / "runs" / head / "last.pth").is_file()
     assert (out / "report" / "report.md").is_file() and (out / "report" / "ap_vs_iou.png").is_file()
+    assert "voxelization ceiling" in (out / "report" / "report.md").read_text() and "ceiling 10 cm" in text
     assert (out / "submission" / "instance.zip").is_file() and "valid submission" in text
     assert list((out / "visualize").glob("*_pred_instance.ply"))
     # a second run resumes: nothing is retrained

@@ -12,9 +12,9 @@ from plyfile import PlyData, PlyElement
 from minkseg.cli import main
 from scannet_tools.export_gt import export_gt_all
 from scannet_tools.io import read_ids
-from scannet_tools.labels import IGNORE_ID, nyu40_to_train_id, read_label_table
+from scannet_tools.labels import IGNORE_ID, OTHERPROP_NYU40, nyu40_to_train_id, read_label_table
 from scannet_tools.prepare import load_prepared, prepare_all
-from scannet_tools.reader import SceneError, read_scene, vertex_labels
+from scannet_tools.reader import SceneError, label_vertices, read_scene, vertex_labels
 from scannet_tools.synth import generate_scene
 
 SCENE = "scene0001_00"
@@ -273,3 +273,142 @@ def test_vertex_labels_match_the_official_rules_on_odd_aggregations(raw_root, se
                            label_map)
     np.testing.assert_array_equal(ours[0], ref[0])
     np.testing.assert_array_equal(ours[1], ref[1])
+
+
+# --------------------------------------------------------------------------- real-scan input: unknown categories
+
+UNLISTED = ("stick", "trashcan")  # dropped from the current table / an older spelling of "trash can"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unknown_category_policies_follow_the_official_painting(raw_root, seed):
+    """otherprop = the official export with the unknown categories mapped to 40; ignore = their vertices
+    unannotated and their objects gone; the counts are the vertices each category finally labels."""
+    rng = np.random.default_rng(seed)
+    raw = read_scene(raw_root / "scans" / SCENE)
+    label_map = read_label_table(raw_root / "scannetv2-labels.combined.tsv")
+    assert not set(UNLISTED) & label_map.keys()
+    segs = np.unique(raw.seg_indices)
+    names = ["chair", "table", "wall", *UNLISTED, "stick"]
+    groups = [{"objectId": int(rng.integers(0, 8)), "label": str(rng.choice(names)),
+               "segments": rng.choice(segs, size=int(rng.integers(1, 20)), replace=False).tolist()}
+              for _ in range(12)]
+    groups[0]["label"] = "stick"
+    raw.seg_groups = [dict(g, segments=list(g["segments"])) for g in groups]
+
+    def official(mapping, keep):
+        return _official_export(raw.seg_indices.tolist(),
+                                [dict(g, segments=list(g["segments"])) for g in groups if keep(g)], mapping)
+
+    with pytest.raises(SceneError, match="unknown raw category 'stick'.*--unknown-category"):
+        label_vertices(raw, label_map)
+
+    other = label_vertices(raw, label_map, "otherprop")
+    ref = official({**label_map, **dict.fromkeys(UNLISTED, OTHERPROP_NYU40)}, lambda g: True)
+    np.testing.assert_array_equal(other.nyu40, ref[0])
+    np.testing.assert_array_equal(other.instance, ref[1])
+
+    ignored = label_vertices(raw, label_map, "ignore")
+    np.testing.assert_array_equal(ignored.nyu40, official({**label_map, **dict.fromkeys(UNLISTED, 0)},
+                                                          lambda g: True)[0])
+    np.testing.assert_array_equal(ignored.instance, official(label_map, lambda g: g["label"] in label_map)[1])
+
+    sentinel = official({**label_map, "stick": 1001, "trashcan": 1002}, lambda g: True)[0]
+    expected = {name: int((sentinel == code).sum()) for name, code in (("stick", 1001), ("trashcan", 1002))
+                if any(g["label"] == name for g in groups)}
+    assert other.unknown == expected and ignored.unknown == expected
+
+
+def _plant_unlisted(scene_dir: Path) -> dict[str, np.ndarray]:
+    """Rename the first instance-class object to 'stick' and the next to 'trashcan'; their vertex masks."""
+    p = scene_dir / f"{scene_dir.name}.aggregation.json"
+    data = json.loads(p.read_text())
+    seg_indices = np.asarray(json.loads((scene_dir / f"{scene_dir.name}_vh_clean_2.0.010000.segs.json")
+                                        .read_text())["segIndices"])
+    objects = [g for g in data["segGroups"] if g["label"] not in ("wall", "floor")]
+    masks = {}
+    for g, name in zip(objects, UNLISTED):
+        g["label"] = name
+        masks[name] = np.isin(seg_indices, g["segments"])
+    p.write_text(json.dumps(data))
+    return masks
+
+
+def test_prepare_refuses_unknown_categories_by_default_and_maps_them_on_request(raw_copy, prepared_dir, tmp_path,
+                                                                             capsys):
+    scans = raw_copy / "scans"
+    masks = _plant_unlisted(scans / SCENE)
+    assert all(m.sum() > 0 for m in masks.values())
+    out = tmp_path / "p"
+    assert main(["prepare", "--scans", str(scans), "--out", str(out), "--split", SCENE]) == 1
+    text = capsys.readouterr().out
+    assert "unknown raw category" in text and "--unknown-category" in text
+
+    for policy, code in (("otherprop", OTHERPROP_NYU40), ("ignore", 0)):
+        assert main(["prepare", "--scans", str(scans), "--out", str(out), "--split", SCENE, "--overwrite",
+                     "--unknown-category", policy]) == 0
+        text = capsys.readouterr().out
+        counts = ", ".join(f"'{n}' {int(masks[n].sum()):,} vertices"
+                           for n in sorted(masks, key=lambda n: -int(masks[n].sum())))
+        assert f"warning: {SCENE}: 2 raw categories not in the label table labelled" in text and counts in text
+        got, clean = load_prepared(out / f"{SCENE}.npz"), load_prepared(prepared_dir / f"{SCENE}.npz")
+        planted = masks["stick"] | masks["trashcan"]
+        assert (got["nyu40"][planted] == code).all()
+        assert (got["semantic"][planted] == IGNORE_ID).all() and (got["instance"][planted] == -1).all()
+        for key in ("nyu40", "semantic", "instance"):
+            np.testing.assert_array_equal(got[key][~planted], clean[key][~planted])
+        for key in ("xyz", "rgb", "normals", "superpoint"):
+            np.testing.assert_array_equal(got[key], clean[key])
+
+
+def test_export_gt_maps_unknown_categories_on_request(raw_copy, tmp_path, capsys):
+    scans = raw_copy / "scans"
+    masks = _plant_unlisted(scans / SCENE)
+    raw = read_scene(scans / SCENE)
+    assert main(["export-gt", "--scans", str(scans), "--out", str(tmp_path / "a"), "--split", SCENE]) == 1
+    assert "unknown raw category" in capsys.readouterr().out
+
+    assert main(["export-gt", "--scans", str(scans), "--out", str(tmp_path / "o"), "--split", SCENE,
+                 "--unknown-category", "otherprop"]) == 0
+    assert "warning:" in capsys.readouterr().out
+    sem, inst = read_ids(tmp_path / "o" / "semantic" / f"{SCENE}.txt"), read_ids(tmp_path / "o" / "instance" /
+                                                                                  f"{SCENE}.txt")
+    stick = next(g for g in raw.seg_groups if g["label"] == "stick")
+    assert (sem[masks["stick"]] == OTHERPROP_NYU40).all()
+    assert (inst[masks["stick"]] == OTHERPROP_NYU40 * 1000 + stick["objectId"] + 1).all()
+
+    assert main(["export-gt", "--scans", str(scans), "--out", str(tmp_path / "i"), "--split", SCENE,
+                 "--unknown-category", "ignore"]) == 0
+    sem, inst = read_ids(tmp_path / "i" / "semantic" / f"{SCENE}.txt"), read_ids(tmp_path / "i" / "instance" /
+                                                                                  f"{SCENE}.txt")
+    planted = masks["stick"] | masks["trashcan"]
+    assert (sem[planted] == 0).all() and (inst[planted] == 0).all() and (sem[~planted] > 0).any()
+
+
+def test_prepare_without_labels_reads_any_scan_with_a_mesh(raw_copy, prepared_dir, tmp_path, capsys):
+    scans = raw_copy / "scans"
+    _plant_unlisted(scans / SCENE)
+    (scans / SCENE / f"{SCENE}.aggregation.json").write_text("{ not json")  # not even read
+    (raw_copy / "scannetv2-labels.combined.tsv").unlink()  # and no label table needed
+    out = tmp_path / "p"
+    assert main(["prepare", "--scans", str(scans), "--out", str(out), "--split", SCENE, "--no-labels"]) == 0
+    got, clean = load_prepared(out / f"{SCENE}.npz"), load_prepared(prepared_dir / f"{SCENE}.npz")
+    assert (got["semantic"] == IGNORE_ID).all() and (got["instance"] == -1).all() and (got["nyu40"] == 0).all()
+    for key in ("xyz", "rgb", "normals", "superpoint"):
+        np.testing.assert_array_equal(got[key], clean[key])
+
+
+def test_predict_runs_on_a_scan_with_unlisted_categories_and_no_label_table(raw_copy, tmp_path, capsys):
+    from minkseg.config import load_config, to_dict
+    from minkseg.train import build_model, save_checkpoint
+
+    scans = raw_copy / "scans"
+    _plant_unlisted(scans / SCENE)
+    (raw_copy / "scannetv2-labels.combined.tsv").unlink()
+    cfg = load_config(None, ["data.voxel_size=0.1", "model.backbone=MinkUNet14A", "model.head=margin"])
+    save_checkpoint(tmp_path / "c.pth", {"model": build_model(cfg).state_dict(), "config": to_dict(cfg)})
+    sub = tmp_path / "sub"
+    assert main(["predict", "--checkpoint", str(tmp_path / "c.pth"), "--scans", str(scans), "--split", SCENE,
+                 "--out", str(sub), "--device", "cpu"]) == 0
+    n = len(read_scene(scans / SCENE, annotations=False).xyz)
+    assert len(read_ids(sub / "semantic" / f"{SCENE}.txt")) == n

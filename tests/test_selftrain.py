@@ -140,7 +140,7 @@ def test_tiny_selftraining_end_to_end_with_resume(raw_root, prepared_dir, tmp_pa
     assert steps[BASELINE] == steps["round_2"]  # the same total budget
     assert (root / "compare" / "report.md").is_file() and "round_2" in (root / "summary.md").read_text()
     # Psi is part of every round's model and is trained along with it
-    w0, w1 = (torch.load(root / f"round_{r}" / "last.pth", weights_only=False)["model"] for r in (0, 1))
+    w0, w1 = (torch.load(root / f"round_{r}" / "last.pth", weights_only=True)["model"] for r in (0, 1))
     psi = [k for k in w0 if k.startswith("recorrector.") and k.endswith("weight")]
     assert psi and any(not torch.equal(w0[k], w1[k]) for k in psi)
 
@@ -172,7 +172,7 @@ def test_margin_head_selftraining_without_recorrector(raw_root, prepared_dir, tm
     summary = SelfTraining(load_config("configs/synthetic_margin.yaml", args)).run()
     stats = summary["rounds"][2]["pseudo"]
     assert stats["instances"] is True and stats["recorrect"] is False
-    state = torch.load(tmp_path / "runs" / "st" / "round_2" / "last.pth", weights_only=False)
+    state = torch.load(tmp_path / "runs" / "st" / "round_2" / "last.pth", weights_only=True)
     assert not any(k.startswith("recorrector.") for k in state["model"])
 
 

@@ -1,12 +1,32 @@
 """Voxelization of a prepared scene, keeping the vertex -> voxel inverse map.
 
 One voxel per occupied ``voxel_size`` cell (MinkowskiEngine's ``sparse_quantize``, i.e.
-``floor(x / voxel_size)``). Voxel features are those of one representative vertex; voxel
-labels are the majority vote of the voxel's labelled vertices.
+``floor(x / voxel_size)``). Voxel features are those of one representative vertex.
+
+Voxel labels (one rule, so that a voxel's semantic label and its instance membership
+always agree):
+
+* semantic: the majority train id of the voxel's labelled vertices (ties go to the
+  lower train id, so wall/floor win a tie);
+* instance: the majority instance id among the vertices that *carry the voxel's semantic
+  label*; a voxel whose label is wall, floor or ignored is never an instance member. A
+  thin picture on a wall that loses a voxel's vote to the wall does not make that wall
+  voxel a picture member, and a wall vertex cannot lend its voxel to an instance;
+* instance class: the majority semantic label of the instance's own vertices that have an
+  instance class (train id >= ``FIRST_INSTANCE_TRAIN_ID``), never a vote over voxels, so
+  wall and floor cannot leak in. It is therefore always one of the 18 instance classes,
+  and :func:`collate` refuses any scene where it is not.
+
+An instance that wins no voxel disappears from training: at coarse voxel sizes a thin
+object flush with a wall (a picture, a door frame) can lose every voxel to the wall. It
+then counts as wall there, which is what the voxel grid can represent; it never becomes
+an instance of class wall.
 
 Pseudo-labelled scenes (self-training) mark vertices whose instance membership is not
 known with :data:`UNKNOWN_INSTANCE`: their semantics still train the semantic head, but
-the instance losses skip their voxels (``instance_known``).
+the instance losses skip their voxels (``instance_known``). A voxel is unknown when
+:data:`UNKNOWN_INSTANCE` wins its instance vote (whatever its semantic label: round 1 of
+self-training marks every vertex unknown).
 """
 
 from __future__ import annotations
@@ -17,7 +37,7 @@ import numpy as np
 import torch
 
 from minkseg.sparse import ME
-from scannet_tools.labels import IGNORE_ID
+from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID, IGNORE_ID, NUM_SEMANTIC
 
 UNKNOWN_INSTANCE = -2  # per-vertex instance id: "may belong to an instance we have no label for"
 
@@ -52,19 +72,69 @@ def input_features(rgb: np.ndarray, normals: np.ndarray | None = None) -> np.nda
     return feats
 
 
-def majority_vote(group: np.ndarray, labels: np.ndarray, n_groups: int, ignore: int) -> np.ndarray:
+def majority_vote(group: np.ndarray, labels: np.ndarray, n_groups: int, ignore: int,
+                  dense_limit: int = 1 << 23) -> np.ndarray:
     """Most frequent non-``ignore`` label per group (``ignore`` where a group has none).
 
-    One ``bincount`` over (group, label) pairs: O(N + G * L) and no Python loop.
+    Ties go to the smallest label. With G groups and L distinct labels, a dense G x L
+    ``bincount`` table when it has at most ``dense_limit`` cells (fastest, e.g. 20 semantic
+    classes); otherwise the (group, label) pairs are counted with ``np.unique`` and each
+    group's best pair picked with one sort, O(N log N) time and O(N) memory (instance ids
+    of a 250k-voxel scene would need a 25M-cell table).
     """
+    group, labels = np.asarray(group, np.int64), np.asarray(labels, np.int64)
+    out = np.full(n_groups, ignore, dtype=np.int64)
     valid = labels != ignore
     if not valid.any():
-        return np.full(n_groups, ignore, dtype=np.int64)
+        return out
     uniq, lab = np.unique(labels[valid], return_inverse=True)
-    counts = np.bincount(group[valid] * len(uniq) + lab, minlength=n_groups * len(uniq)).reshape(n_groups, len(uniq))
-    out = uniq[counts.argmax(1)].astype(np.int64)
-    out[counts.max(1) == 0] = ignore
+    key = group[valid] * len(uniq) + lab
+    if n_groups * len(uniq) <= dense_limit:
+        counts = np.bincount(key, minlength=n_groups * len(uniq)).reshape(n_groups, len(uniq))
+        has = counts.max(1) > 0
+        out[has] = uniq[counts[has].argmax(1)]  # argmax takes the first maximum: the smallest label
+        return out
+    pairs, counts = np.unique(key, return_counts=True)
+    g, lab = pairs // len(uniq), pairs % len(uniq)
+    order = np.lexsort((lab, -counts, g))  # by group, then most votes, then smallest label
+    first = order[np.r_[True, g[order][1:] != g[order][:-1]]]
+    out[g[first]] = uniq[lab[first]]
     return out
+
+
+def voxel_labels(inverse_map: np.ndarray, semantic: np.ndarray | None, instance: np.ndarray | None, m: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]:
+    """Per-voxel semantic and instance labels, per-instance classes and ``instance_known``
+    (None when every voxel's instance is known), by the rule in the module docstring.
+
+    ``inverse_map[v]`` is the voxel (0..m-1) of each kept vertex; ``semantic`` holds train
+    ids or IGNORE_ID, ``instance`` ids >= 0, -1 (none) or UNKNOWN_INSTANCE.
+    """
+    sem = np.full(m, IGNORE_ID, np.int64)
+    if semantic is not None:
+        semantic = np.asarray(semantic, np.int64)
+        sem = majority_vote(inverse_map, semantic, m, IGNORE_ID)
+    inst = np.full(m, -1, np.int64)
+    if instance is None:
+        return sem, inst, np.zeros(0, np.int64), None
+    instance = np.asarray(instance, np.int64)
+    vertex_sem = np.full(len(instance), IGNORE_ID, np.int64) if semantic is None else semantic
+    # only vertices that carry their voxel's label vote on its instance (IGNORE == IGNORE
+    # in unlabelled voxels, so pseudo-label "unknown" marks there still count)
+    agrees = vertex_sem == sem[inverse_map]
+    vox_inst = majority_vote(inverse_map[agrees], instance[agrees], m, -1)
+    vox_inst[(vox_inst >= 0) & (sem < FIRST_INSTANCE_TRAIN_ID)] = -1  # wall, floor, ignored: no instance
+    known = torch.from_numpy(vox_inst != UNKNOWN_INSTANCE) if (vox_inst == UNKNOWN_INSTANCE).any() else None
+    present = vox_inst >= 0
+    if not present.any():
+        return sem, inst, np.zeros(0, np.int64), known
+    ids, inst[present] = np.unique(vox_inst[present], return_inverse=True)
+    # class over the instance's own vertices of instance classes; every present instance
+    # has one (a member voxel's winning vertex), so no IGNORE_ID can come out
+    pos = np.searchsorted(ids, instance).clip(max=len(ids) - 1)
+    thing = (ids[pos] == instance) & (vertex_sem >= FIRST_INSTANCE_TRAIN_ID)
+    inst_class = majority_vote(pos[thing], vertex_sem[thing], len(ids), IGNORE_ID)
+    return sem, inst, inst_class, known
 
 
 def voxelize(
@@ -80,9 +150,8 @@ def voxelize(
 
     ``keep`` (bool per vertex) marks the vertices that survive a crop; the others get
     ``inverse = -1`` and are resolved later by :func:`minkseg.devoxelize.devoxelize`.
-    Instances are renumbered 0..K-1 in order of their ids; an instance whose voxels all
-    lose the majority vote, or that has no labelled voxel, disappears. Voxels whose vote
-    is :data:`UNKNOWN_INSTANCE` get ``instance_known = False``.
+    Labels follow the module docstring's rule (:func:`voxel_labels`); instances are
+    renumbered 0..K-1 in order of their ids, and one that wins no voxel disappears.
     """
     n = len(xyz)
     idx = np.arange(n) if keep is None else np.flatnonzero(keep)
@@ -97,28 +166,8 @@ def voxelize(
     inverse = np.full(n, -1, dtype=np.int64)
     inverse[idx] = inverse_map
 
-    sem = np.full(m, IGNORE_ID, np.int64)
-    if semantic is not None:
-        sem = majority_vote(inverse_map, semantic[idx].astype(np.int64), m, IGNORE_ID)
-    inst = np.full(m, -1, np.int64)
-    inst_class = np.zeros(0, np.int64)
-    known = None
-    if instance is not None:
-        vox_inst = majority_vote(inverse_map, instance[idx].astype(np.int64), m, -1)
-        if (vox_inst == UNKNOWN_INSTANCE).any():
-            known = torch.from_numpy(vox_inst != UNKNOWN_INSTANCE)
-        present = vox_inst >= 0
-        if present.any():
-            ids, inst[present] = np.unique(vox_inst[present], return_inverse=True)
-            inst_class = majority_vote(inst[present], sem[present], len(ids), IGNORE_ID)
-            bad = inst_class == IGNORE_ID  # an instance with no labelled voxel cannot be trained on
-            if bad.any():
-                inst[np.isin(inst, np.flatnonzero(bad))] = -1
-                keep_ids = np.flatnonzero(~bad)
-                relabel = np.full(len(ids), -1, np.int64)
-                relabel[keep_ids] = np.arange(len(keep_ids))
-                inst[inst >= 0] = relabel[inst[inst >= 0]]
-                inst_class = inst_class[keep_ids]
+    sem, inst, inst_class, known = voxel_labels(
+        inverse_map, None if semantic is None else semantic[idx], None if instance is None else instance[idx], m)
     coords = coords.int() if isinstance(coords, torch.Tensor) else torch.from_numpy(coords).int()
     return VoxelScene(
         scene=scene,
@@ -148,17 +197,54 @@ class VoxelBatch:
     instance_known: torch.Tensor  # (M,) bool
     scenes: list[VoxelScene]
 
-    def to(self, device: torch.device | str) -> VoxelBatch:
-        moved = {k: getattr(self, k).to(device) for k in
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> VoxelBatch:
+        moved = {k: getattr(self, k).to(device, non_blocking=non_blocking) for k in
                  ("coords", "feats", "centers", "semantic", "instance", "instance_class", "batch", "instance_known")}
         return VoxelBatch(**moved, scenes=self.scenes)
 
+    def pin_memory(self) -> VoxelBatch:
+        """Page-locked copies of the batch tensors: DataLoader(pin_memory=True) calls this, and a
+        pinned batch reaches the GPU with ``to(device, non_blocking=True)`` while the step runs."""
+        pinned = {k: getattr(self, k).pin_memory() for k in
+                  ("coords", "feats", "centers", "semantic", "instance", "instance_class", "batch", "instance_known")}
+        return VoxelBatch(**pinned, scenes=self.scenes)
+
+
+def check_instance_labels(scene: VoxelScene) -> None:
+    """Raise ValueError (one line naming the scene) unless every instance has one of the 18
+    instance classes and every member voxel is labelled with an instance class.
+
+    The losses index per-class columns with ``instance_class - FIRST_INSTANCE_TRAIN_ID``: a
+    wall/floor (0, 1) or ignored class would silently train another class's column or
+    index out of range, so this is checked wherever batches are built.
+    """
+    name = scene.scene or "scene"
+    cls = scene.instance_class
+    bad = (cls < FIRST_INSTANCE_TRAIN_ID) | (cls >= NUM_SEMANTIC)
+    if bad.any():
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name}: instance {k} has class {int(cls[k])}; instances must have one of the instance "
+                         f"classes (train ids {FIRST_INSTANCE_TRAIN_ID}..{NUM_SEMANTIC - 1}), never wall, floor "
+                         "or ignored")
+    members = scene.instance >= 0
+    if members.any() and int(scene.instance[members].max()) >= scene.num_instances:
+        raise ValueError(f"{name}: voxel instance index {int(scene.instance.max())} but only "
+                         f"{scene.num_instances} instance classes")
+    member_sem = scene.semantic[members]
+    if (member_sem < FIRST_INSTANCE_TRAIN_ID).any():
+        raise ValueError(f"{name}: {int((member_sem < FIRST_INSTANCE_TRAIN_ID).sum())} instance voxels are labelled "
+                         "wall, floor or ignored; a voxel's semantic label and instance membership must agree")
+
 
 def collate(scenes: list[VoxelScene]) -> VoxelBatch:
-    """Concatenate scenes into one sparse batch; instance ids are offset per scene."""
+    """Concatenate scenes into one sparse batch; instance ids are offset per scene.
+
+    Each scene's labels are checked first (:func:`check_instance_labels`).
+    """
     coords, inst, batch = [], [], []
     offset = 0
     for b, s in enumerate(scenes):
+        check_instance_labels(s)
         coords.append(torch.cat([torch.full((len(s.coords), 1), b, dtype=torch.int32), s.coords], 1))
         inst.append(torch.where(s.instance >= 0, s.instance + offset, s.instance))
         batch.append(torch.full((len(s.coords),), b, dtype=torch.int64))

@@ -8,21 +8,35 @@ mean of their sigma outputs s~_i. Neven's Gaussian
 is parametrised, as in the SpatialEmbeddings code, by 1 / (2 sigma_k^2) = exp(10 s~_k)
 per axis (the factor 10 only speeds up learning of the margin), so
 phi_k(e_i) = exp(-sum_d (e_i^d - C_k^d)^2 exp(10 s~_k^d)).
+
+Float32 safety: exp(10 s~) overflows float32 at s~ > 8.87, and (e - C)^2 * inf is NaN
+where e = C. The exponent 10 s~ is bounded to +-ln(finfo.max) / 2 (44.4 in float32:
+sigma from 1.6e-10 m to 3e9 m) with a straight-through clamp, so values and gradients stay
+finite for any network output while the gradient keeps pointing back into range.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .kernels import straight_through_clamp
+
 SIGMA_SCALE = 10.0
 
 
 def margin_gaussian(embedding: torch.Tensor, center: torch.Tensor, sigma_logit: torch.Tensor) -> torch.Tensor:
-    """phi(e_i) for embeddings (..., 3) against centres/bandwidths broadcastable to them."""
-    return torch.exp(-((embedding - center) ** 2 * torch.exp(SIGMA_SCALE * sigma_logit)).sum(-1))
+    """phi(e_i) = exp(-sum_d (e_i^d - C^d)^2 exp(10 s~^d)) (Neven et al. 2019, Sec. 3, with their code's
+    exp(10 s~) = 1 / (2 sigma^2)) for embeddings (..., 3) against centres/bandwidths broadcastable to them.
+
+    10 s~ is bounded to +-ln(finfo.max) / 2 (straight-through), see the module docstring.
+    """
+    bound = math.log(torch.finfo(embedding.dtype).max) / 2
+    log_bandwidth = straight_through_clamp(SIGMA_SCALE * sigma_logit, bound)
+    return torch.exp(-((embedding - center) ** 2 * torch.exp(log_bandwidth)).sum(-1))
 
 
 def lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -46,9 +60,10 @@ def lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @dataclass
 class MarginLossWeights:
     instance: float = 1.0
-    smooth: float = 10.0
+    smooth: float = 10.0  # Neven's w_var
     seed: float = 1.0
     semantic: float = 1.0
+    seed_foreground: float = 1.0  # factor on foreground voxels' seed terms (Neven's code: 10 for Cityscapes cars)
 
 
 def margin_loss(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logits: torch.Tensor,
@@ -58,25 +73,46 @@ def margin_loss(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logits:
                 instance_known: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Lovasz hinge per instance, sigma smoothness, seed regression and semantic CE, for one scene.
 
-    Instances are processed in groups of ``chunk_elements // N`` so the (group, N) kernel
-    and sort buffers stay bounded. Voxels with ``instance_known`` False (pseudo-labelled
-    scenes) only enter the semantic term.
+    As in Neven et al. (2019) and their code: the Lovasz hinge of 2 phi_k - 1 against
+    instance k's mask, averaged over instances; the smoothness term
+    mean_i (s~_i - s~_k)^2 within each instance (s~_k detached), averaged over instances;
+    the seed maps regressed to phi_k(e_i) (detached) on instance k's voxels in the column of
+    its class (that entry times ``seed_foreground``) and to 0 elsewhere, averaged over voxels.
+    Instances without voxels here are left out. Instances are processed in groups of
+    ``chunk_elements // N`` so the (group, N) kernel and sort buffers stay bounded. Voxels
+    with ``instance_known`` False (pseudo-labelled scenes) only enter the semantic term.
     """
     weights = weights or MarginLossWeights()
     known = semantic != ignore_index
     ins = known if instance_known is None else known & instance_known
     e, s, seed, inst = embedding[ins], sigma_logit[ins], seed_logits[ins], instance[ins]
-    n, k = len(e), len(instance_class)
-    zero = embedding.sum() * 0
+    n = len(e)
+    num_classes = seed_logits.shape[1]
+    if instance_class.numel() and (int(instance_class.min()) < 0 or int(instance_class.max()) >= num_classes):
+        raise ValueError(f"margin_loss: instance classes must lie in 0..{num_classes - 1}, got "
+                         f"{sorted(set(instance_class.tolist()))} (a wall/floor/unlabelled instance?)")
+    counts = torch.bincount(inst[inst >= 0], minlength=len(instance_class))
+    present = counts > 0
+    k = int(present.sum())
+    if k < len(instance_class):  # renumber the present instances 0..k-1
+        new_id = torch.cumsum(present, 0) - 1
+        inst = torch.where(inst >= 0, new_id[inst.clamp_min(0)], inst)
+        instance_class, counts = instance_class[present], counts[present]
+    zero = embedding.sum() * 0 + sigma_logit.sum() * 0 + seed_logits.sum() * 0
     out = {"lovasz": zero, "smooth": zero, "seed": zero}
     seed_prob = torch.sigmoid(seed)
     seed_target = torch.zeros_like(seed_prob)
-    if k > 0 and n > 0:
+    seed_weight = torch.ones_like(seed_prob)
+    if k > 0:
         fg = inst >= 0
-        counts = torch.bincount(inst[fg], minlength=k).clamp_min(1).to(e.dtype).unsqueeze(1)
-        center = torch.zeros(k, 3, dtype=e.dtype, device=e.device).index_add_(0, inst[fg], e[fg]) / counts
-        s_mean = torch.zeros(k, 3, dtype=s.dtype, device=s.device).index_add_(0, inst[fg], s[fg]) / counts
-        out["smooth"] = ((s[fg] - s_mean[inst[fg]].detach()) ** 2).mean()
+        idx = inst[fg]
+        size = counts.to(e.dtype).unsqueeze(1)
+        center = torch.zeros(k, 3, dtype=e.dtype, device=e.device).index_add_(0, idx, e[fg]) / size
+        s_mean = torch.zeros(k, 3, dtype=s.dtype, device=s.device).index_add_(0, idx, s[fg]) / size
+        # Neven's smoothness: mean squared deviation within each instance, then mean over instances
+        dev = ((s[fg] - s_mean[idx].detach()) ** 2).mean(1)
+        per_instance = torch.zeros(k, dtype=s.dtype, device=s.device).index_add_(0, idx, dev) / size[:, 0]
+        out["smooth"] = per_instance.mean()
         group = max(1, chunk_elements // max(n, 1))
         lovasz = []
         for a in range(0, k, group):
@@ -85,10 +121,12 @@ def margin_loss(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logits:
             labels = inst[None] == ids[:, None]
             lovasz.append(lovasz_hinge(2 * phi - 1, labels))
         out["lovasz"] = torch.cat(lovasz).mean()
-        own_phi = margin_gaussian(e[fg], center[inst[fg]], s_mean[inst[fg]]).detach()
-        seed_target[fg.nonzero(as_tuple=True)[0], instance_class[inst[fg]]] = own_phi
+        own_phi = margin_gaussian(e[fg], center[idx], s_mean[idx]).detach()
+        rows, cols = fg.nonzero(as_tuple=True)[0], instance_class[idx]
+        seed_target[rows, cols] = own_phi
+        seed_weight[rows, cols] = weights.seed_foreground
     if n > 0:
-        out["seed"] = ((seed_prob - seed_target) ** 2).sum(1).mean()
+        out["seed"] = (seed_weight * (seed_prob - seed_target) ** 2).sum(1).mean()
     out["semantic"] = (F.cross_entropy(semantic_logits, semantic, ignore_index=ignore_index)
                        if known.any() else zero)
     out["total"] = (weights.instance * out["lovasz"] + weights.smooth * out["smooth"]

@@ -20,26 +20,44 @@ from torch.utils.checkpoint import checkpoint
 from .kernels import instance_distribution, log1mexp, log_bhattacharyya_kernel
 
 ENTROPY_CONST = 1.5 * math.log(2 * math.pi * math.e)
+LOG2 = math.log(2.0)
 
 
-def _pair_sums(mu: torch.Tensor, log_sigma: torch.Tensor, mu_hat: torch.Tensor, ls_hat: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Over every (voxel, instance) pair of a chunk: sum of -log(1 - kappa) and sum of kappa."""
+def _pair_sums(mu: torch.Tensor, log_sigma: torch.Tensor, own: torch.Tensor, mu_hat: torch.Tensor,
+               ls_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Over the (voxel, instance) pairs of a chunk: sum of -log(1 - kappa) over the pairs with
+    z_i != k (Eq. 4's negatives; ``own[i]`` is z_i, -1 for none) and sum of kappa over all pairs.
+
+    The own pair is masked out, not added and subtracted later: as kappa(e_i, c_{z_i}) -> 1
+    its -log(1 - kappa) and that term's gradient (~1 / (1 - kappa)) grow without bound, and
+    cancelling them in float32 loses everything. For a negative pair with log kappa above
+    -finfo.eps (kappa within eps of 1, where kappa itself rounds to 1) -log(1 - kappa) is
+    continued linearly with its slope at -eps: at most -ln(eps) + 1 per pair (16.9 in
+    float32), gradient at most 1 / eps, and never zero, so a collapsed embedding (e.g. the
+    sigma -> infinity degeneration of Eq. 6) is still pushed apart.
+    """
     log_k = log_bhattacharyya_kernel(mu[:, None], log_sigma[:, None], mu_hat[None], ls_hat[None])
-    return -log1mexp(log_k).sum(), log_k.exp().sum()
+    is_own = own[:, None] == torch.arange(len(mu_hat), device=own.device)[None]
+    eps = torch.finfo(log_k.dtype).eps
+    # the excess above -eps is taken with relu, not as log_k - capped: that difference would
+    # carry +-1/eps gradients through two paths whose sum cancels the real one in rounding
+    excess = F.relu(log_k + eps)
+    negative = -log1mexp(log_k.clamp(max=-eps)) + excess / math.expm1(eps)
+    negatives = torch.where(is_own, torch.zeros_like(log_k), negative)
+    return negatives.sum(), log_k.exp().sum()
 
 
-def chunked_pair_sums(mu: torch.Tensor, log_sigma: torch.Tensor, mu_hat: torch.Tensor, ls_hat: torch.Tensor,
-                      chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_pair_sums(mu: torch.Tensor, log_sigma: torch.Tensor, own: torch.Tensor, mu_hat: torch.Tensor,
+                      ls_hat: torch.Tensor, chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_pair_sums` over all N x K pairs in row blocks of ~``chunk_elements`` pairs."""
     chunk = max(1, chunk_elements // max(len(mu_hat), 1))
     if chunk >= len(mu):
-        return _pair_sums(mu, log_sigma, mu_hat, ls_hat)
+        return _pair_sums(mu, log_sigma, own, mu_hat, ls_hat)
     neg = mu.new_zeros(())
     kern = mu.new_zeros(())
     grad = torch.is_grad_enabled() and (mu.requires_grad or log_sigma.requires_grad)
     for a in range(0, len(mu), chunk):
-        args = (mu[a:a + chunk], log_sigma[a:a + chunk], mu_hat, ls_hat)
+        args = (mu[a:a + chunk], log_sigma[a:a + chunk], own[a:a + chunk], mu_hat, ls_hat)
         n, k = checkpoint(_pair_sums, *args, use_reentrant=False) if grad else _pair_sums(*args)
         neg, kern = neg + n, kern + k
     return neg, kern
@@ -57,25 +75,35 @@ def instance_loss(mu: torch.Tensor, log_sigma: torch.Tensor, instance: torch.Ten
     """L_InsCE (Eq. 4) and the log-Dice term of Eq. (5) for one scene.
 
     ``instance[i]`` is z_i in 0..K-1, or -1 for voxels in no instance (they are negatives
-    for every instance). Pass only voxels with a known label.
+    for every instance). Pass only voxels with a known label. Instances with no voxel
+    here (cropped away, or all their voxels unlabelled) have no c_k and are left out, so
+    K in Eqs. (4)-(5) counts the instances present.
+
+    The log-Dice term is evaluated in log space, log(2 sum_i kappa_i,z_i) via logsumexp of
+    the own log-kernels, so it keeps its gradient when every own kernel underflows.
     """
-    n, k = len(mu), num_instances
+    n = len(mu)
+    counts = torch.bincount(instance[instance >= 0], minlength=num_instances)
+    present = counts > 0
+    k = int(present.sum())
     if k == 0 or n == 0:
-        zero = mu.sum() * 0
-        return InstanceLossTerms(zero, zero, torch.zeros(n, device=mu.device))
+        zero = mu.sum() * 0 + log_sigma.sum() * 0
+        return InstanceLossTerms(zero, zero, torch.zeros(n, device=mu.device, dtype=mu.dtype))
+    if k < num_instances:  # renumber the present instances 0..k-1
+        new_id = torch.cumsum(present, 0) - 1
+        instance = torch.where(instance >= 0, new_id[instance.clamp_min(0)], instance)
     mu_hat, ls_hat = instance_distribution(mu, log_sigma, instance, k)
     fg = instance >= 0
-    # the voxels' own pairs, O(N): kappa(e_i, c_{z_i})
+    # the voxels' own pairs, O(N): log kappa(e_i, c_{z_i})
     log_own = log_bhattacharyya_kernel(mu[fg], log_sigma[fg], mu_hat[instance[fg]], ls_hat[instance[fg]])
-    neg_all, kern_all = chunked_pair_sums(mu, log_sigma, mu_hat, ls_hat, chunk_elements)
-    # Eq. (4): own pairs take -log kappa, all others -log(1 - kappa); the chunked sum
-    # counted the own pairs as negatives, so swap their term.
-    bce = (neg_all + (-log_own + log1mexp(log_own)).sum()) / (n * k)
-    own = log_own.exp()
-    dice = 2 * own.sum() / (kern_all + fg.sum()).clamp_min(1e-12)
+    neg_sum, kern_all = chunked_pair_sums(mu, log_sigma, instance, mu_hat, ls_hat, chunk_elements)
+    # Eq. (4): own pairs take -log kappa, all others -log(1 - kappa)
+    bce = (neg_sum - log_own.sum()) / (n * k)
+    # Eq. (5): -log(2 sum_own kappa / (sum_all kappa + sum 1[z_i = k])); the denominator is >= |fg| >= 1
+    log_dice = LOG2 + torch.logsumexp(log_own, 0) - torch.log(kern_all + fg.sum())
     own_kernel = torch.zeros(n, device=mu.device, dtype=mu.dtype)
-    own_kernel[fg] = own.detach()
-    return InstanceLossTerms(bce, -torch.log(dice.clamp_min(1e-12)), own_kernel)
+    own_kernel[fg] = log_own.detach().exp()
+    return InstanceLossTerms(bce, -log_dice, own_kernel)
 
 
 def score_targets(own_kernel: torch.Tensor, instance: torch.Tensor, instance_class: torch.Tensor,
@@ -87,8 +115,11 @@ def score_targets(own_kernel: torch.Tensor, instance: torch.Tensor, instance_cla
     class. ScanNet has background (walls, floors, clutter) that PartNet lacks; the extra
     column 1 - sum_l Q[i, l] gives those voxels, and instance voxels far from their
     instance's distribution, a target, so P[i, :] stays a distribution whose foreground
-    columns peak at instance centres.
+    columns peak at instance centres. ``instance_class`` must lie in 0..num_classes-1.
     """
+    if instance_class.numel() and (int(instance_class.min()) < 0 or int(instance_class.max()) >= num_classes):
+        raise ValueError(f"score_targets: instance classes must lie in 0..{num_classes - 1}, got "
+                         f"{sorted(set(instance_class.tolist()))} (a wall/floor/unlabelled instance?)")
     q = own_kernel.new_zeros(len(own_kernel), num_classes + 1)
     fg = instance >= 0
     q[fg, instance_class[instance[fg]]] = own_kernel[fg]
@@ -97,7 +128,12 @@ def score_targets(own_kernel: torch.Tensor, instance: torch.Tensor, instance_cla
 
 
 def score_loss(score_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Center-aware loss, Eq. (10): mean over voxels of -sum_l Q[i, l] log P[i, l], Q fixed."""
+    """Center-aware loss, Eq. (10) without its 1/L: mean over voxels of -sum_l Q[i, l] log P[i, l].
+
+    P = softmax over the class axis (dim 1) of the score logits (Table 3); Q is a fixed
+    target (no gradient). The printed 1/(N L) is 1/N here: the same per-voxel scale as the
+    semantic cross-entropy it is trained beside (see README, "Deviations from the papers").
+    """
     return -(targets.detach() * F.log_softmax(score_logits, dim=1)).sum(1).mean()
 
 
@@ -105,8 +141,11 @@ def entropy_regularizer(log_sigma: torch.Tensor) -> torch.Tensor:
     """Eq. (7), per voxel: H(e_i) = 3/2 ln(2 pi e) + sum_d ln sigma_i^d, averaged over voxels.
 
     The paper sums over points; averaging keeps the weight of Eq. (15) independent of the
-    scene size (100k voxels here against PartNet's 10k points).
+    scene size (see README, "Deviations from the papers", for the measured consequence).
+    An empty scene gives 0.
     """
+    if len(log_sigma) == 0:
+        return log_sigma.sum() * 0
     return ENTROPY_CONST + log_sigma.sum(1).mean()
 
 

@@ -28,6 +28,9 @@ def proposal_targets(members: torch.Tensor, owner: torch.Tensor, num_proposals: 
                      instance_class: torch.Tensor, num_classes: int, positive_iou: float = 0.5) -> ProposalTargets:
     """``instance`` (per voxel, -1 none) and ``instance_class`` (0..L-1) are one scene's truth."""
     k = len(instance_class)
+    if k and (int(instance_class.min()) < 0 or int(instance_class.max()) >= num_classes):
+        raise ValueError(f"proposal_targets: instance classes must lie in 0..{num_classes - 1}, got "
+                         f"{sorted(set(instance_class.tolist()))} (a wall/floor/unlabelled instance?)")
     p = num_proposals
     size_p = torch.bincount(owner, minlength=p)
     if k == 0:
@@ -48,15 +51,20 @@ def proposal_targets(members: torch.Tensor, owner: torch.Tensor, num_proposals: 
 
 def recorrection_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, certainty_logits: torch.Tensor,
                       owner: torch.Tensor, targets: ProposalTargets) -> dict[str, torch.Tensor]:
-    """L_Psi of TWIST: class cross-entropy + mask BCE over positive proposals + certainty BCE against IoU."""
+    """L_Psi of TWIST: class cross-entropy + mask BCE over positive proposals + certainty BCE against IoU.
+
+    All three are evaluated from logits (log-softmax / log-sigmoid inside the torch
+    functions), so they are finite in float32 for any logits; targets take the logits' dtype.
+    """
     zero = class_logits.sum() * 0
     if len(class_logits) == 0:
         return {"psi_class": zero, "psi_mask": zero, "psi_certainty": zero}
     rows = targets.positive[owner]
-    mask = (F.binary_cross_entropy_with_logits(mask_logits[rows], targets.mask[rows].float())
+    mask = (F.binary_cross_entropy_with_logits(mask_logits[rows], targets.mask[rows].to(mask_logits.dtype))
             if rows.any() else zero)
     return {
         "psi_class": F.cross_entropy(class_logits, targets.classes),
         "psi_mask": mask,
-        "psi_certainty": F.binary_cross_entropy_with_logits(certainty_logits, targets.iou),
+        "psi_certainty": F.binary_cross_entropy_with_logits(certainty_logits,
+                                                            targets.iou.to(certainty_logits.dtype)),
     }

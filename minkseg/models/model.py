@@ -32,8 +32,11 @@ class ModelOutput:
 class SegmentationModel(nn.Module):
     """MinkUNet features -> semantic logits and an instance head (probabilistic or margin).
 
-    ``embedding_unit`` scales voxel centres before they enter the embedding
-    (mu = x / unit + tanh(o)): with the default 1.0 the tanh offset reaches 1 m.
+    Embeddings are mu = x / unit + (R / unit) tanh(o / (R / unit)) with ``offset_range`` R in
+    metres (default 3 m, the reach ScanNet's 5 m objects need; see
+    :mod:`minkseg.models.heads`) and ``embedding_unit`` in metres per embedding unit
+    (default 1: embeddings, sigmas and bandwidths in metres). Checkpoints written
+    before ``offset_range`` existed load with reach 1 embedding unit, their trained meaning.
     ``recorrector`` (self-training) is TWIST's proposal re-correction module, or None.
     """
 
@@ -49,12 +52,14 @@ class SegmentationModel(nn.Module):
     @classmethod
     def build(cls, head: str = "probabilistic", backbone: str = "MinkUNet34C", in_channels: int = 3,
               anisotropic: bool = True, heteroscedastic: bool = True, embedding_unit: float = 1.0,
-              recorrector: bool = False) -> SegmentationModel:
+              recorrector: bool = False, offset_range: float = 3.0) -> SegmentationModel:
         net = build_backbone(backbone, in_channels)
+        reach = offset_range / embedding_unit  # the heads work in embedding units
         if head == "probabilistic":
-            inst = ProbabilisticHead(net.out_channels, anisotropic=anisotropic, heteroscedastic=heteroscedastic)
+            inst = ProbabilisticHead(net.out_channels, anisotropic=anisotropic, heteroscedastic=heteroscedastic,
+                                     offset_range=reach)
         elif head == "margin":
-            inst = MarginHead(net.out_channels)
+            inst = MarginHead(net.out_channels, offset_range=reach)
         else:
             raise ValueError(f"unknown head {head!r}; choose probabilistic or margin")
         return cls(net, inst, embedding_unit, ProposalRecorrector(net.out_channels) if recorrector else None)
