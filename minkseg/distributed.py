@@ -143,15 +143,18 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 
 def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """MinkowskiEngine's synchronized batch norm on CUDA with several ranks; the model unchanged otherwise.
+    """Synchronized batch norm on CUDA with several ranks; the model unchanged otherwise.
 
-    gloo has no SyncBatchNorm kernels, so CPU ranks keep per-rank statistics (plain BN).
+    MinkowskiEngine's conversion handles the backbone's ``MinkowskiBatchNorm`` only; the
+    heads' plain ``nn.BatchNorm1d`` (one call per forward on every rank) are converted by
+    torch's. gloo has no SyncBatchNorm kernels, so CPU ranks keep per-rank statistics.
     """
     if world_size() == 1 or device.type != "cuda":
         return model
     from minkseg.sparse import ME
 
-    return ME.MinkowskiSyncBatchNorm.convert_sync_batchnorm(model)
+    model = ME.MinkowskiSyncBatchNorm.convert_sync_batchnorm(model)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def wrap(module: torch.nn.Module, find_unused_parameters: bool) -> torch.nn.Module:

@@ -42,10 +42,11 @@ def evaluate_scenes(scenes: Iterable[tuple[np.ndarray | None, list[InstancePredi
             matches.append(match_scene(gt_ids, preds))
         if sem_gt is not None and sem_pred is not None:
             confusions.append(semantic_confusion(sem_gt, sem_pred))
-    return _summarize(matches, confusions, ap_matrix)
+    return summarize_matches(matches, confusions, ap_matrix)
 
 
-def _summarize(matches: list[SceneMatches], confusions: list[np.ndarray], ap_matrix: bool) -> dict:
+def summarize_matches(matches: list[SceneMatches], confusions: list[np.ndarray], ap_matrix: bool = False) -> dict:
+    """Instance AP and semantic IoU from per-scene matches and confusion matrices."""
     out = {}
     if matches:
         ap = instance_ap(matches)
@@ -161,7 +162,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, ap_matrix: bool = Fa
             scored = list(pool.map(_score_scene, *zip(*jobs), chunksize=max(1, len(jobs) // (4 * workers))))
     else:
         scored = [_score_scene(*job) for job in jobs]
-    out = _summarize([m for m, _ in scored if m is not None], [c for _, c in scored if c is not None], ap_matrix)
+    out = summarize_matches([m for m, _ in scored if m is not None], [c for _, c in scored if c is not None], ap_matrix)
     if missing:
         out["missing_scenes"] = missing
     return out

@@ -37,10 +37,10 @@ from minkseg.data.dataset import (
 )
 from minkseg.data.voxelize import VoxelBatch
 from minkseg.device import resolve_device
-from minkseg.evaluate import write_json
+from minkseg.evaluate import summarize_matches, write_json
 from minkseg.inference import ground_truth_ids, predict_scene
 from minkseg.losses import batch_loss
-from minkseg.metrics import instance_ap, match_scene, semantic_confusion, summarize_instance, summarize_semantic
+from minkseg.metrics import match_scene, semantic_confusion
 from minkseg.models.model import SegmentationModel
 from minkseg.proposals import recorrection_batch_loss
 from scannet_tools.io import atomic_path
@@ -176,8 +176,14 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu",
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(f"{path}: holds a Python object{what} beyond tensors and plain containers; refused, "
                               "since loading it would run code from the file") from None
-    except Exception:  # torch raises RuntimeError, EOFError, KeyError... with messages of its internals
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... with messages of its internals
         if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                written_by_torch = any(n.endswith("/data.pkl") for n in z.namelist())
+            if written_by_torch:  # an intact torch archive: the failure is the load (device, memory), not the file
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise CheckpointError(f"{path}: could not be loaded onto {device} ({type(e).__name__}: {first})"
+                                      ) from None
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (a zip archive, but not one that torch.save "
                                   "wrote)") from None
         raise CheckpointError(f"{path}: truncated or damaged checkpoint (its zip archive is incomplete: an "
@@ -207,7 +213,8 @@ def load_weights(model: torch.nn.Module, weights, path: str | Path) -> None:
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: the 'model' entry is a {type(weights).__name__}, not a state dict")
     expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
+    # checkpoints from before model.offset_range lack that buffer; OffsetHead supplies the old reach
+    missing = [k for k in expected if k not in weights and not k.endswith(".offset_range")]
     unexpected = [k for k in weights if k not in expected]
     reshaped = [k for k in expected if k in weights and getattr(weights[k], "shape", None) != expected[k].shape]
     problems = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in
@@ -226,6 +233,8 @@ class Trainer:
                  dataset: PreparedScenes | None = None, init_model: dict | None = None):
         self.cfg = cfg
         self.device = resolve_device(device)
+        if self.device.type == "cuda":  # e.g. --device cuda:1: the pin-memory thread and ME use the current GPU
+            torch.cuda.set_device(self.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.run_dir = cfg.run_dir
@@ -425,17 +434,5 @@ def evaluate_model(model: SegmentationModel, cfg: Config, scenes: list[str], dev
                         semantic_confusion(scene["nyu40"].astype(np.int64), pred.semantic_nyu40)))
     parts = distributed.all_gather(records) if split_over_ranks else [records]
     gathered = sorted((r for part in parts for r in part), key=lambda r: r[0])
-    return scene_metrics([m for _, m, _ in gathered], [c for _, _, c in gathered], ap_matrix)
+    return summarize_matches([m for _, m, _ in gathered], [c for _, _, c in gathered], ap_matrix)
 
-
-def scene_metrics(matches: list, confusions: list[np.ndarray], ap_matrix: bool = False) -> dict:
-    """Instance AP and semantic IoU from per-scene matches and confusion matrices (as ``evaluate_scenes``)."""
-    out = {}
-    if matches:
-        ap = instance_ap(matches)
-        out["instance"] = summarize_instance(ap)
-        if ap_matrix:
-            out["ap"] = ap
-    if confusions:
-        out["semantic"] = summarize_semantic(sum(confusions[1:], confusions[0]))
-    return out

@@ -53,3 +53,16 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    """Run the test with this default dtype (float32: training's; float64: the reference),
+    restoring the previous one afterwards."""
+    import torch
+
+    value = getattr(torch, request.param)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(value)
+    yield value
+    torch.set_default_dtype(old)

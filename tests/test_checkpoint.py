@@ -78,6 +78,18 @@ def test_load_checkpoint_gives_the_saved_model(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
 
 
+def test_checkpoint_from_before_offset_range_loads_with_its_trained_reach(tmp_path):
+    """A checkpoint written before model.offset_range existed (no buffer, no config key) loads
+    through load_checkpoint with reach 1, as OffsetHead documents."""
+    state, model, _, _ = _trainer_like_state()
+    state["model"] = {k: v for k, v in state["model"].items() if not k.endswith("offset_range")}
+    state["config"]["model"].pop("offset_range")
+    save_checkpoint(tmp_path / "old.pth", state)
+    loaded, _, _ = load_checkpoint(tmp_path / "old.pth")
+    reaches = [float(b) for n, b in loaded.named_buffers() if n.endswith("offset_range")]
+    assert reaches == [1.0]
+
+
 def test_save_refuses_what_weights_only_could_not_read(tmp_path):
     class Opaque:
         pass
@@ -174,6 +186,21 @@ def test_bad_checkpoint_is_one_line_naming_the_file(make, tmp_path, capsys):
     rc = main(["evaluate", "--checkpoint", str(path), "--device", "cpu"])
     out = capsys.readouterr()
     assert rc == 2 and out.err == f"error: {msg}\n"
+
+
+def test_a_good_checkpoint_that_fails_to_load_is_not_called_damaged(tmp_path, monkeypatch):
+    """A device or memory error while loading an intact file names that error, not the file's format."""
+    path = tmp_path / "good.pth"
+    save_checkpoint(path, _minimal(tmp_path))
+
+    def failing_load(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore torch detail")
+
+    monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path, "cpu")
+    msg = str(err.value)
+    assert msg == f"{path}: could not be loaded onto cpu (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):

@@ -73,6 +73,10 @@ def test_gpu_ranks_get_sync_batchnorm_with_the_same_checkpoint_keys(raw_root, pr
     synced = distributed.sync_batchnorm(model, torch.device("cuda"))
     kinds = [type(m) for m in synced.modules()]
     assert ME.MinkowskiSyncBatchNorm in kinds and ME.MinkowskiBatchNorm not in kinds
+    # the heads' plain batch norms too: every batch norm left is a synchronized one
+    plain = [type(m).__name__ for m in synced.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, torch.nn.SyncBatchNorm)]
+    assert plain == []
     after = synced.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)

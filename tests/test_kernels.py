@@ -20,15 +20,6 @@ from minkseg.losses.kernels import (
 )
 
 
-@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
-def dtype(request):
-    """Run the test with this default dtype, restoring the previous one afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(request.param)
-    yield request.param
-    torch.set_default_dtype(old)
-
-
 def rel(dtype):
     """Relative tolerance of a few-operation result in ``dtype``."""
     return 2e-6 if dtype == torch.float32 else 1e-12
