@@ -69,7 +69,7 @@ def time_loader(cfg, workers: int) -> float:
 
 def time_training(cfg, steps: int, device: str) -> tuple[float, float]:
     """(seconds of the first step, steps per second of the next ``steps``) of Trainer.fit."""
-    from minkseg.train import Trainer
+    from minkseg.engine.train import Trainer
 
     trainer = Trainer(cfg, device=device)
     t0 = time.perf_counter()

@@ -117,10 +117,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _pin_openmp_threads(args)
-    from minkseg import distributed
     from minkseg.config import load_config
     from minkseg.device import resolve_device
-    from minkseg.train import Trainer
+    from minkseg.engine import distributed
+    from minkseg.engine.train import Trainer
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
@@ -139,10 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_selftrain(args: argparse.Namespace) -> int:
     _pin_openmp_threads(args)
-    from minkseg import distributed
     from minkseg.config import load_config
     from minkseg.device import resolve_device
-    from minkseg.selftrain import SelfTraining
+    from minkseg.engine import distributed
+    from minkseg.engine.selftrain import SelfTraining
 
     cfg = load_config(args.config, args.overrides)
     device = resolve_device(args.device)
@@ -156,7 +156,7 @@ def cmd_selftrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from minkseg.evaluate import evaluate_dirs, format_metrics, missing_scenes_line, write_json
+    from minkseg.evaluation.evaluate import evaluate_dirs, format_metrics, missing_scenes_line, write_json
 
     t0 = time.time()
     if args.pred is not None:
@@ -169,8 +169,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         if args.checkpoint is None:
             raise ValueError("give --checkpoint CKPT (with --split), or --pred DIR --gt DIR")
+        from minkseg.data.splits import split_scenes
         from minkseg.device import resolve_device
-        from minkseg.train import evaluate_model, load_checkpoint, split_scenes
+        from minkseg.engine.checkpoint import load_checkpoint
+        from minkseg.evaluation.model_eval import evaluate_model
 
         device = resolve_device(args.device)
         model, cfg, _ = load_checkpoint(args.checkpoint, device)
@@ -179,12 +181,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.root:
             cfg.data.root = str(args.root)
         metrics = evaluate_model(model, cfg, split_scenes(cfg, args.split), device, progress=True)
-        from minkseg.oracle import prepared_ceiling  # what the voxel size allows, beside the metrics
+        from minkseg.evaluation.oracle import prepared_ceiling  # what the voxel size allows, beside the metrics
 
         metrics["ceiling"] = prepared_ceiling(cfg.data.prepared, split_scenes(cfg, args.split), cfg.data.voxel_size)
     print(format_metrics(metrics))
     if "ceiling" in metrics:
-        from minkseg.oracle import format_ceiling
+        from minkseg.evaluation.oracle import format_ceiling
 
         print(format_ceiling(metrics["ceiling"]))
     print(f"evaluated in {time.time() - t0:.1f} s")
@@ -216,8 +218,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import tempfile
 
     from minkseg.device import resolve_device
-    from minkseg.submission import predict_submission, validate_submission, zip_submission
-    from minkseg.train import load_checkpoint
+    from minkseg.engine.checkpoint import load_checkpoint
+    from minkseg.evaluation.submission import predict_submission, validate_submission, zip_submission
     from scannet_tools.prepare import prepare_all
     from scannet_tools.splits import resolve_split
 
@@ -246,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_submission(args: argparse.Namespace) -> int:
-    from minkseg.submission import validate_submission
+    from minkseg.evaluation.submission import validate_submission
 
     report = validate_submission(args.submission, _split_vertex_counts(args.scans, args.split))
     for w in report.warnings:
@@ -259,7 +261,7 @@ def cmd_validate_submission(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from minkseg.compare import compare_runs
+    from minkseg.viz.compare import compare_runs
 
     results = compare_runs(args.runs, args.out, args.split, args.prepared and str(args.prepared),
                            args.root and str(args.root), args.device)
@@ -267,7 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         i = m["instance"]
         print(f"{name:<28} mAP {i['mAP']:.3f}  AP50 {i['AP50']:.3f}  AP25 {i['AP25']:.3f}  "
               f"mIoU {m['semantic']['mIoU']:.3f}")
-    from minkseg.oracle import format_ceiling
+    from minkseg.evaluation.oracle import format_ceiling
 
     for ceiling in {m["ceiling"]["voxel_size"]: m["ceiling"] for m in results.values()}.values():
         print(format_ceiling(ceiling))
@@ -277,8 +279,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_visualize(args: argparse.Namespace) -> int:
     from minkseg.device import resolve_device
-    from minkseg.train import load_checkpoint
-    from minkseg.visualize import visualize_scene
+    from minkseg.engine.checkpoint import load_checkpoint
+    from minkseg.viz.visualize import visualize_scene
     from scannet_tools.labels import find_label_table, read_label_table
 
     device = resolve_device(args.device)

@@ -23,13 +23,16 @@ def _stage(name: str) -> float:
 
 def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = False, epochs: int | None = None,
              device: str | None = "auto") -> int:
-    from minkseg.compare import compare_runs
+    from minkseg.data.splits import split_scenes
     from minkseg.device import resolve_device
-    from minkseg.evaluate import format_metrics, write_json
-    from minkseg.oracle import format_ceiling, prepared_ceiling
-    from minkseg.submission import predict_submission, validate_submission, zip_submission
-    from minkseg.train import Trainer, evaluate_model, load_checkpoint, split_scenes
-    from minkseg.visualize import visualize_scene
+    from minkseg.engine.checkpoint import load_checkpoint
+    from minkseg.engine.train import Trainer
+    from minkseg.evaluation.evaluate import format_metrics, write_json
+    from minkseg.evaluation.model_eval import evaluate_model
+    from minkseg.evaluation.oracle import format_ceiling, prepared_ceiling
+    from minkseg.evaluation.submission import predict_submission, validate_submission, zip_submission
+    from minkseg.viz.compare import compare_runs
+    from minkseg.viz.visualize import visualize_scene
     from scannet_tools.export_gt import export_gt_all
     from scannet_tools.labels import read_label_table
     from scannet_tools.prepare import prepare_all

@@ -2,7 +2,11 @@
 
 ``auto`` (the default of every command) takes the GPU when there is one, else the CPU.
 Under ``torchrun`` (``LOCAL_RANK`` set) ``auto`` and ``cuda`` give each rank its own GPU,
-``cuda:LOCAL_RANK``, so N processes on one node never share a device by accident.
+``cuda:LOCAL_RANK``, so N processes on one node never share a device by accident; an
+explicit ``cuda:K`` with several ranks on the node would put them all on GPU K and is
+refused. A launcher that gives each rank its own single GPU through
+``CUDA_VISIBLE_DEVICES`` (SLURM's ``--gpus-per-task=1``) leaves each rank one device,
+``cuda:0``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     count = torch.cuda.device_count()
     if index_text:
         index = int(index_text)
+        if _local_world_size() > 1:
+            raise DeviceError(f"--device {spec}: under torchrun every rank on this node would take GPU {index}; "
+                              "use --device auto or cuda (rank r takes cuda:r), and CUDA_VISIBLE_DEVICES to "
+                              "choose the GPUs")
+    elif count == 1 and _one_visible_gpu():
+        index = 0  # this rank was given its own GPU
     else:
         index = _local_rank()
     if index >= count:
@@ -54,3 +64,15 @@ def _local_rank() -> int:
     if not value.isdigit():
         raise DeviceError(f"LOCAL_RANK={value!r} is not a non-negative integer")
     return int(value)
+
+
+def _local_world_size() -> int:
+    """Processes torchrun started on this node (1 outside torchrun)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(value) if value.isdigit() else 1
+
+
+def _one_visible_gpu() -> bool:
+    """Whether CUDA_VISIBLE_DEVICES names exactly one GPU (a per-rank assignment)."""
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return len(visible) == 1

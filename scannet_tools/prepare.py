@@ -36,6 +36,11 @@ from .reader import SceneError, label_vertices, read_scene, training_labels, unk
 PREPARED_SUFFIX = ".npz"
 
 
+def prepared_path(prepared_dir: str | Path, scene: str) -> Path:
+    """The prepared file of ``scene`` in ``prepared_dir``."""
+    return Path(prepared_dir) / f"{scene}{PREPARED_SUFFIX}"
+
+
 def vertex_normals(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals; vertices in no face get (0, 0, 1)."""
     normals = np.zeros_like(xyz, dtype=np.float64)
@@ -189,7 +194,7 @@ def prepare_all(
     report = BatchReport()
     jobs = []
     for d in list_scenes(scans_dir, scenes):
-        out_file = out_dir / f"{d.name}{PREPARED_SUFFIX}"
+        out_file = prepared_path(out_dir, d.name)
         if out_file.is_file() and not overwrite:
             report.skipped.append(d.name)
             continue

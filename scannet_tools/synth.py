@@ -21,7 +21,7 @@ spaced so that a default scene (50k-200k vertices) has a vertex every 2-5 cm, as
 :data:`CONTACT` of another solid: the floor under furniture, the wall behind it and behind
 pictures, box bottoms on the floor), so objects meet walls and floors along one boundary,
 and vertices scatter a few millimetres around the ideal planes. That is what keeps the
-voxelization ceiling (``minkseg.oracle``) near a real scan's: mIoU 0.95 / 0.99 / 1.00 at
+voxelization ceiling (``minkseg.evaluation.oracle``) near a real scan's: mIoU 0.95 / 0.99 / 1.00 at
 10 / 5 / 2 cm for scene0000_00 of seed 0, against 0.93 / 0.97 / 1.00 for ScanNet's
 scene0000_00 (and 0.75 / 0.80 / 0.92 when every box face was meshed). Superpoints are
 patches of the grids, so they never cross objects, and get arbitrary non-contiguous ids.

@@ -1,5 +1,5 @@
 """A loop-by-loop Python 3 transcription of ScanNet's current 3D evaluation scripts, used only
-to check the vectorized evaluator in :mod:`minkseg.metrics` (tests and benchmarks/bench_evaluate.py).
+to check the vectorized evaluator in :mod:`minkseg.evaluation.metrics` (tests and benchmarks/bench_evaluate.py).
 
 Transcribed from ScanNet/ScanNet at HEAD 3830fce7f8b2e48ef047ef7fd76ea5f62903f51c:
 ``BenchmarkScripts/3d_evaluation/evaluate_semantic_instance.py`` (last changed by a3c66b4,

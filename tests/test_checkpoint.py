@@ -14,7 +14,8 @@ import torch
 
 from minkseg.cli import main
 from minkseg.config import load_config, to_dict
-from minkseg.train import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from minkseg.engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minkseg.models.build import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -18,9 +18,10 @@ from minkseg.data.dataset import (
     resolve_workers,
     training_loader,
 )
+from minkseg.data.splits import labeled_scenes, split_scenes
 from minkseg.data.voxelize import VoxelBatch, collate
-from minkseg.train import Trainer, labeled_scenes, split_scenes
-from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
+from minkseg.engine.train import Trainer
+from scannet_tools.prepare import load_prepared, prepared_path
 
 TENSORS = [f.name for f in dataclasses.fields(VoxelBatch) if f.name != "scenes"]
 
@@ -94,7 +95,7 @@ class CountingScenes(PreparedScenes):
 
 def test_resume_skips_finished_batches_without_loading_them(raw_root, prepared_dir, tmp_path):
     cfg = config(raw_root, prepared_dir, tmp_path)
-    files = [prepared_dir / f"{s}{PREPARED_SUFFIX}" for s in labeled_scenes(cfg, split_scenes(cfg, "train"))]
+    files = [prepared_path(prepared_dir, s) for s in labeled_scenes(cfg, split_scenes(cfg, "train"))]
     counting = CountingScenes(files, 0.1, cfg.data.augment, seed=cfg.train.seed)
     first = Trainer(cfg, dataset=counting)
     first.fit(max_steps=3)  # 2 scenes per epoch: stops after the first batch of epoch 1

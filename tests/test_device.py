@@ -17,6 +17,8 @@ def _gpus(monkeypatch, count: int) -> None:
     """Pretend torch sees ``count`` GPUs (0: none)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
 
 
 @pytest.mark.parametrize("spec", ["auto", None, "AUTO", " auto "])
@@ -60,7 +62,24 @@ def test_each_torchrun_rank_takes_its_local_gpu(rank, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", str(rank))
     assert resolve_device("auto") == torch.device("cuda", rank)
     assert resolve_device("cuda") == torch.device("cuda", rank)
-    assert resolve_device("cuda:2") == torch.device("cuda", 2)  # an explicit index is obeyed as given
+    assert resolve_device("cuda:2") == torch.device("cuda", 2)  # one rank on the node: obeyed as given
+
+
+def test_an_explicit_gpu_for_several_ranks_of_a_node_is_refused(monkeypatch):
+    _gpus(monkeypatch, 4)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(DeviceError, match="every rank on this node would take GPU 2"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+
+
+def test_a_rank_given_its_own_gpu_takes_it(monkeypatch):
+    _gpus(monkeypatch, 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # e.g. SLURM --gpus-per-task=1
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resolve_device("auto") == torch.device("cuda", 0)
 
 
 def test_torchrun_rank_on_a_cpu_machine_stays_on_the_cpu(monkeypatch):

@@ -19,11 +19,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from minkseg import distributed
 from minkseg.config import load_config
 from minkseg.data.dataset import PreparedScenes
+from minkseg.data.splits import split_scenes
 from minkseg.data.voxelize import collate
-from minkseg.train import Trainer, TrainingLoss, build_model, evaluate_model, save_checkpoint, split_scenes
+from minkseg.engine import distributed
+from minkseg.engine.checkpoint import save_checkpoint
+from minkseg.engine.train import Trainer, TrainingLoss
+from minkseg.evaluation.model_eval import evaluate_model
+from minkseg.models.build import build_model
+from scannet_tools.prepare import prepared_path
 
 REPO = Path(__file__).parents[1]
 WORLD = 2
@@ -104,7 +109,7 @@ def tiny_config(raw_root, prepared_dir, runs, **over):
 
 def doubled_dataset(cfg) -> PreparedScenes:
     """4 items (each training scene twice): 2 steps per epoch with 2 ranks of batch 1."""
-    files = [Path(cfg.data.prepared) / f"{s}.npz" for s in split_scenes(cfg, "train")]
+    files = [prepared_path(cfg.data.prepared, s) for s in split_scenes(cfg, "train")]
     return PreparedScenes(files * 2, cfg.data.voxel_size, cfg.data.augment, seed=cfg.train.seed)
 
 

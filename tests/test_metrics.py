@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minkseg.evaluate import _clean, evaluate_dirs, missing_scenes_line
-from minkseg.metrics import (
+from minkseg.evaluation.evaluate import _clean, evaluate_dirs, missing_scenes_line
+from minkseg.evaluation.metrics import (
     OVERLAPS,
     InstancePrediction,
     instance_ap,
@@ -436,7 +436,7 @@ def _scans_with_meshes(root, counts):
 
 
 def test_validate_warns_about_label_0_and_names_non_integer_mask_lines(tmp_path):
-    from minkseg.submission import validate_submission
+    from minkseg.evaluation.submission import validate_submission
 
     gt = scene(n=200, a=(0, 150, 5001))
     write_submission(tmp_path, {"scene0000_00": (gt, [(mask(200, (0, 150)), CHAIR, 0.9)])})

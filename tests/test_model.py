@@ -9,7 +9,7 @@ from minkseg.cluster import cluster_margin, cluster_probabilistic
 from minkseg.config import ConfigError, ModelConfig, load_config
 from minkseg.data.dataset import PreparedScenes
 from minkseg.data.voxelize import collate
-from minkseg.devoxelize import devoxelize
+from minkseg.inference.devoxelize import devoxelize
 from minkseg.losses import batch_loss
 from minkseg.models.heads import MarginHead, ProbabilisticHead
 from minkseg.models.model import SegmentationModel

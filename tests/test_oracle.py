@@ -1,11 +1,11 @@
-"""The voxelization ceiling (minkseg.oracle) on scenes whose answer is known by hand."""
+"""The voxelization ceiling (minkseg.evaluation.oracle) on scenes whose answer is known by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from minkseg.oracle import ceiling_summary, format_ceiling, oracle_metrics, oracle_prediction
+from minkseg.evaluation.oracle import ceiling_summary, format_ceiling, oracle_metrics, oracle_prediction
 from scannet_tools.labels import bundled_label_table, nyu40_to_train_id, read_label_table
 from scannet_tools.reader import training_labels
 from scannet_tools.synth import generate_scene
@@ -117,7 +117,7 @@ def test_synthetic_ceiling_is_monotone_and_close_to_a_real_scans(synthetic_scene
 
 
 def test_command_line_on_prepared_scenes(prepared_dir, capsys):
-    from minkseg.oracle import main, prepared_ceiling
+    from minkseg.evaluation.oracle import main, prepared_ceiling
     from scannet_tools.prepare import load_prepared
 
     assert main([str(prepared_dir), "--scenes", "scene0000_00", "--voxel-size", "0.1"]) == 0

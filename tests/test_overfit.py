@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 
 from minkseg.config import load_config
-from minkseg.oracle import prepared_ceiling
-from minkseg.train import Trainer, evaluate_model
+from minkseg.engine.train import Trainer
+from minkseg.evaluation.model_eval import evaluate_model
+from minkseg.evaluation.oracle import prepared_ceiling
 
 VOXEL_SIZE = 0.1
 STEPS = 100

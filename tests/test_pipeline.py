@@ -12,11 +12,12 @@ import torch
 
 from minkseg.cli import main
 from minkseg.config import ConfigError, load_config
-from minkseg.evaluate import evaluate_dirs, evaluate_scenes
-from minkseg.inference import ScenePrediction, ground_truth_ids
-from minkseg.metrics import InstancePrediction
-from minkseg.submission import validate_submission, write_scene_submission
-from minkseg.train import Trainer, load_checkpoint
+from minkseg.engine.checkpoint import load_checkpoint
+from minkseg.engine.train import Trainer
+from minkseg.evaluation.evaluate import evaluate_dirs, evaluate_scenes
+from minkseg.evaluation.submission import validate_submission, write_scene_submission
+from minkseg.inference.instances import InstancePrediction
+from minkseg.inference.predict import ScenePrediction, ground_truth_ids
 from scannet_tools.export_gt import export_gt_all
 from scannet_tools.labels import INSTANCE_NYU40_IDS
 from scannet_tools.prepare import load_prepared
@@ -57,11 +58,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(head, raw_root, p
 
 
 def test_checkpoint_every_save_every_epochs_and_at_the_end(raw_root, prepared_dir, tmp_path, monkeypatch):
-    import minkseg.train
+    import minkseg.engine.train
 
     saved = []
-    real = minkseg.train.save_checkpoint
-    monkeypatch.setattr(minkseg.train, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
+    real = minkseg.engine.train.save_checkpoint
+    monkeypatch.setattr(minkseg.engine.train, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
                                                                               real(path, state)))
     cfg = tiny_config(raw_root, prepared_dir, tmp_path, **{"train.epochs": 5, "train.save_every": 2})
     Trainer(cfg).fit()

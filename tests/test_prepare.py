@@ -400,7 +400,8 @@ def test_prepare_without_labels_reads_any_scan_with_a_mesh(raw_copy, prepared_di
 
 def test_predict_runs_on_a_scan_with_unlisted_categories_and_no_label_table(raw_copy, tmp_path, capsys):
     from minkseg.config import load_config, to_dict
-    from minkseg.train import build_model, save_checkpoint
+    from minkseg.engine.checkpoint import save_checkpoint
+    from minkseg.models.build import build_model
 
     scans = raw_copy / "scans"
     _plant_unlisted(scans / SCENE)

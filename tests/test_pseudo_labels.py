@@ -8,9 +8,7 @@ import torch.nn as nn
 
 from minkseg.config import load_config
 from minkseg.data.voxelize import UNKNOWN_INSTANCE, input_features, voxelize
-from minkseg.models.heads import ProbabilisticOutput
-from minkseg.models.model import ModelOutput
-from minkseg.pseudo_labels import (
+from minkseg.engine.pseudo_labels import (
     instance_precision_recall,
     keep_certain,
     label_precision_recall,
@@ -23,6 +21,8 @@ from minkseg.pseudo_labels import (
     summarize_stats,
     trim_disagreeing,
 )
+from minkseg.models.heads import ProbabilisticOutput
+from minkseg.models.model import ModelOutput
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID
 from scannet_tools.labels import IGNORE_ID as IG
 from scannet_tools.prepare import load_prepared

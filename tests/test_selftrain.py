@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from minkseg.cli import main
-from minkseg.compare import run_labels
 from minkseg.config import load_config
 from minkseg.data.dataset import PreparedScenes
 from minkseg.data.voxelize import UNKNOWN_INSTANCE, collate, voxelize
+from minkseg.engine.selftrain import BASELINE, SelfTraining, certainty_threshold
 from minkseg.losses import batch_loss
 from minkseg.losses.recorrect import proposal_targets, recorrection_loss
 from minkseg.models.model import SegmentationModel
 from minkseg.models.recorrect import ProposalRecorrector
-from minkseg.selftrain import BASELINE, SelfTraining, certainty_threshold
+from minkseg.viz.compare import run_labels
 from scannet_tools.labels import IGNORE_ID
 
 

@@ -6,7 +6,7 @@ import torch
 
 from minkseg.data.augment import AugmentConfig, augment, crop_mask
 from minkseg.data.voxelize import VoxelScene, collate, input_features, majority_vote, voxelize
-from minkseg.devoxelize import devoxelize, resolve_inverse
+from minkseg.inference.devoxelize import devoxelize, resolve_inverse
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID, IGNORE_ID, SEMANTIC_NAMES
 from scannet_tools.prepare import load_prepared
 

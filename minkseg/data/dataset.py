@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
+from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared, prepared_path
 
 from .augment import AugmentConfig, augment
 from .voxelize import VoxelScene, collate, input_features, voxelize
@@ -49,7 +49,7 @@ class PreparedScenes(torch.utils.data.Dataset):
         if scenes is None:
             files = sorted(d.glob(f"scene*{PREPARED_SUFFIX}"))
         else:
-            files = [d / f"{s}{PREPARED_SUFFIX}" for s in scenes]
+            files = [prepared_path(d, s) for s in scenes]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise FileNotFoundError(f"{d}: {len(missing)} prepared scenes missing, e.g. {missing[:3]}")
@@ -77,7 +77,7 @@ class PreparedScenes(torch.utils.data.Dataset):
 
 
 def load_pseudo_labels(path: Path, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-vertex ``semantic`` and ``instance`` of a pseudo-label file (see minkseg.pseudo_labels)."""
+    """Per-vertex ``semantic`` and ``instance`` of a pseudo-label file (see minkseg.engine.pseudo_labels)."""
     with np.load(path) as z:
         semantic, instance = z["semantic"], z["instance"]
     if len(semantic) != num_vertices or len(instance) != num_vertices:

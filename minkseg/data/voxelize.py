@@ -149,7 +149,7 @@ def voxelize(
     """Quantize vertices to voxels.
 
     ``keep`` (bool per vertex) marks the vertices that survive a crop; the others get
-    ``inverse = -1`` and are resolved later by :func:`minkseg.devoxelize.devoxelize`.
+    ``inverse = -1`` and are resolved later by :func:`minkseg.inference.devoxelize.devoxelize`.
     Labels follow the module docstring's rule (:func:`voxel_labels`); instances are
     renumbered 0..K-1 in order of their ids, and one that wins no voxel disappears.
     """

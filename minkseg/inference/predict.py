@@ -10,8 +10,8 @@ import torch
 from minkseg.cluster import Clusters, cluster_margin, cluster_probabilistic
 from minkseg.config import ClusterConfig, Config
 from minkseg.data.voxelize import VoxelBatch, collate, input_features, voxelize
-from minkseg.devoxelize import resolve_inverse
-from minkseg.metrics import InstancePrediction
+from minkseg.inference.devoxelize import resolve_inverse
+from minkseg.inference.instances import InstancePrediction
 from minkseg.models.heads import ProbabilisticOutput
 from minkseg.models.model import ModelOutput, SegmentationModel
 from scannet_tools.labels import train_id_to_nyu40

@@ -1,7 +1,7 @@
 """The voxelization ceiling: what perfect voxel outputs score at a voxel size.
 
 A network sees voxels and its outputs are copied to the vertices of each voxel
-(:mod:`minkseg.devoxelize`), so every vertex of a voxel gets the same label and instance.
+(:mod:`minkseg.inference.devoxelize`), so every vertex of a voxel gets the same label and instance.
 The oracle does the same with perfect voxel outputs, namely the training targets that
 :func:`minkseg.data.voxelize.voxelize` builds:
 
@@ -9,7 +9,7 @@ The oracle does the same with perfect voxel outputs, namely the training targets
 - instance: each ground-truth instance keeps the voxels it wins in that vote, devoxelized
   to vertices, with confidence 1 and its ground-truth class.
 
-Scored with :func:`minkseg.evaluate.evaluate_scenes`, the same code as a model's
+Scored with :func:`minkseg.evaluation.evaluate.evaluate_scenes`, the same code as a model's
 predictions, this says how much of a gap to 1.0 is the voxel size and not the learning.
 Not a paper equation: a measurement of the data pipeline.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from minkseg.data.voxelize import majority_vote, voxelize
-from minkseg.devoxelize import devoxelize
-from minkseg.evaluate import evaluate_scenes
-from minkseg.inference import ground_truth_ids
-from minkseg.metrics import InstancePrediction
+from minkseg.evaluation.evaluate import evaluate_scenes
+from minkseg.inference.devoxelize import devoxelize
+from minkseg.inference.instances import InstancePrediction
+from minkseg.inference.predict import ground_truth_ids
 from scannet_tools.labels import train_id_to_nyu40
 
 #: Keys of a ceiling summary, in print order.
@@ -37,7 +37,7 @@ def oracle_prediction(scene: dict, voxel_size: float) -> tuple[np.ndarray, list[
 
     ``scene`` is a prepared scene (:func:`scannet_tools.prepare.load_prepared`): ``xyz``,
     ``semantic`` (train ids), ``instance`` (-1 outside instances) and ``nyu40``. The grid
-    origin is the scene's minimum corner, as in :func:`minkseg.inference.forward_scene`.
+    origin is the scene's minimum corner, as in :func:`minkseg.inference.predict.forward_scene`.
     """
     xyz = np.asarray(scene["xyz"], dtype=np.float32)
     xyz = xyz - xyz.min(0)
@@ -88,9 +88,9 @@ def ceiling_summary(metrics: dict, voxel_size: float) -> dict:
 
 def prepared_ceiling(prepared: str | Path, scenes: list[str], voxel_size: float) -> dict:
     """:func:`ceiling_summary` of the voxel oracle on prepared scenes ``prepared/<scene>.npz``."""
-    from scannet_tools.prepare import PREPARED_SUFFIX, load_prepared
+    from scannet_tools.prepare import load_prepared, prepared_path
 
-    loaded = (load_prepared(Path(prepared) / f"{name}{PREPARED_SUFFIX}") for name in scenes)
+    loaded = (load_prepared(prepared_path(prepared, name)) for name in scenes)
     return ceiling_summary(oracle_metrics(loaded, voxel_size), voxel_size)
 
 
@@ -101,12 +101,13 @@ def format_ceiling(ceiling: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m minkseg.oracle PREPARED [--scenes ...] [--voxel-size ...]``: ceilings of prepared scenes."""
+    """``python -m minkseg.evaluation.oracle PREPARED [--scenes ...] [--voxel-size ...]``: ceilings of prepared
+    scenes."""
     import argparse
 
     from scannet_tools.prepare import PREPARED_SUFFIX
 
-    p = argparse.ArgumentParser(prog="python -m minkseg.oracle", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minkseg.evaluation.oracle", description=__doc__.split("\n")[0])
     p.add_argument("prepared", type=Path, help="folder of prepared scenes (minkseg prepare --out)")
     p.add_argument("--scenes", nargs="+", help="scene ids (default: every prepared scene)")
     p.add_argument("--voxel-size", type=float, nargs="+", default=[0.02, 0.05, 0.1],

@@ -12,7 +12,7 @@ import torch
 from minkseg.cluster import Clusters
 from minkseg.config import ClusterConfig
 from minkseg.data.voxelize import VoxelBatch
-from minkseg.inference import cluster_output
+from minkseg.inference.predict import cluster_output
 from minkseg.losses.recorrect import proposal_targets, recorrection_loss
 from minkseg.models.model import ModelOutput, SegmentationModel
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID

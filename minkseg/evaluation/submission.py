@@ -22,7 +22,7 @@ from scannet_tools.io import IdsFileError, atomic_path, parse_binary_mask, parse
 from scannet_tools.labels import INSTANCE_NYU40_IDS
 
 if TYPE_CHECKING:  # validate-submission runs without torch
-    from minkseg.inference import ScenePrediction
+    from minkseg.inference.predict import ScenePrediction
 
 MASK_DIR = "predicted_masks"
 
@@ -54,11 +54,11 @@ def predict_submission(model, cfg, prepared_dir: Path, scenes: list[str], out: P
     from tqdm import tqdm
 
     from minkseg.data.dataset import iterate_prepared
-    from minkseg.inference import predict_scene
-    from scannet_tools.prepare import PREPARED_SUFFIX
+    from minkseg.inference.predict import predict_scene
+    from scannet_tools.prepare import prepared_path
 
     masks = 0
-    files = [Path(prepared_dir) / f"{name}{PREPARED_SUFFIX}" for name in scenes]
+    files = [prepared_path(prepared_dir, name) for name in scenes]
     for scene in tqdm(iterate_prepared(files, workers), total=len(files), desc="predict", unit="scene", disable=None):
         pred = predict_scene(model, scene, cfg, device)
         masks += write_scene_submission(pred, out, max_masks, min_score)

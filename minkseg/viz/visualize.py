@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement
 
-from minkseg.inference import ScenePrediction, predict_scene
+from minkseg.inference.predict import ScenePrediction, predict_scene
 from scannet_tools.io import atomic_path
 from scannet_tools.labels import SEMANTIC_NYU40_IDS
-from scannet_tools.prepare import load_prepared, prepare_scene
+from scannet_tools.prepare import load_prepared, prepare_scene, prepared_path
 from scannet_tools.reader import read_scene
 
 
@@ -68,7 +68,7 @@ def render_pngs(png: Path, plys: list[Path], timeout: float = 300) -> None:
     OpenMP runtime torch and MinkowskiEngine have been using; a clean interpreter renders
     in seconds, and the timeout keeps a broken GL/Vulkan setup from hanging the caller.
     """
-    cmd = [sys.executable, "-m", "minkseg.visualize", str(png), *map(str, plys)]
+    cmd = [sys.executable, "-m", "minkseg.viz.visualize", str(png), *map(str, plys)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0 or not png.is_file():
         raise RuntimeError(f"offscreen rendering failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
@@ -130,7 +130,7 @@ def visualize_scene(model, cfg, scene_dir: Path, label_map: dict[str, int], out:
     """Write the coloured PLYs (and the PNG) of one raw scene; returns the written paths."""
     raw = read_scene(scene_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / f"{raw.scene}.npz"
+        f = prepared_path(tmp, raw.scene)
         prepare_scene(scene_dir, f, label_map, unknown="otherprop")  # a picture needs no refusal
         scene = load_prepared(f)
     pred: ScenePrediction = predict_scene(model, scene, cfg, device)
@@ -163,5 +163,5 @@ def visualize_scene(model, cfg, scene_dir: Path, label_map: dict[str, int], out:
     return written
 
 
-if __name__ == "__main__":  # python -m minkseg.visualize OUT.png A.ply B.ply ...
+if __name__ == "__main__":  # python -m minkseg.viz.visualize OUT.png A.ply B.ply ...
     _render_main(*sys.argv[1:])

@@ -23,7 +23,7 @@ set by its ``stats.json``, a scene by its ``.npz``), so ``--resume`` continues a
 last finished one, and inside an unfinished training run from its ``last.pth``.
 
 Under ``torchrun`` every stage is shared by the ranks: training runs in
-DistributedDataParallel (see :mod:`minkseg.train`), each rank pseudo-labels every
+DistributedDataParallel (see :mod:`minkseg.engine.train`), each rank pseudo-labels every
 world-th unlabelled scene and writes those files itself (atomically), and rank 0 alone
 writes the run's other files, each followed by a barrier before any rank reads them.
 """
@@ -37,15 +37,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from minkseg import distributed
 from minkseg.config import Config, load_config, save_config, to_dict
 from minkseg.data.dataset import PreparedScenes, iterate_prepared, resolve_workers
+from minkseg.data.splits import labeled_scenes, split_scenes
 from minkseg.device import resolve_device
-from minkseg.evaluate import write_json
-from minkseg.pseudo_labels import load_stats, pseudo_label_scene, pseudo_label_stats, summarize_stats
-from minkseg.train import Trainer, evaluate_model, labeled_scenes, load_checkpoint, read_checkpoint, split_scenes
+from minkseg.engine import distributed
+from minkseg.engine.checkpoint import load_checkpoint, read_checkpoint
+from minkseg.engine.pseudo_labels import load_stats, pseudo_label_scene, pseudo_label_stats, summarize_stats
+from minkseg.engine.train import Trainer
+from minkseg.evaluation.evaluate import write_json
+from minkseg.evaluation.model_eval import evaluate_model
 from scannet_tools.io import write_text_atomic
-from scannet_tools.prepare import PREPARED_SUFFIX
+from scannet_tools.prepare import prepared_path
 
 BASELINE = "supervised_same_budget"
 
@@ -131,7 +134,7 @@ class SelfTraining:
         todo = [s for s in mine if not (out / f"{s}.npz").is_file()]
         prepared = Path(self.cfg.data.prepared)
         # a bad scene (e.g. a truncated .npz) must not stop the round: read errors come back as values
-        scenes = iterate_prepared([prepared / f"{s}{PREPARED_SUFFIX}" for s in todo],
+        scenes = iterate_prepared([prepared_path(prepared, s) for s in todo],
                                   resolve_workers(self.cfg.train.workers), errors_as_values=True)
         failed = []
         for scene, data in zip(todo, tqdm(scenes, total=len(todo), desc=f"round {r} pseudo labels", unit="scene",
@@ -160,7 +163,7 @@ class SelfTraining:
         scenes = [s for s in self.unlabeled if (pseudo / f"{s}.npz").is_file()]
         repeat = st.labeled_repeat or max(1, round(len(scenes) / len(self.labeled)))
         labeled = self.labeled * repeat
-        files = [prepared / f"{s}{PREPARED_SUFFIX}" for s in labeled + scenes]
+        files = [prepared_path(prepared, s) for s in labeled + scenes]
         label_files = [None] * len(labeled) + [pseudo / f"{s}.npz" for s in scenes]
         weights = [1.0] * len(labeled) + [st.pseudo_weight] * len(scenes)
         return self._dataset(files, label_files, weights, r)
@@ -195,7 +198,7 @@ class SelfTraining:
         epochs = sum(round_config(self.cfg, r).train.epochs for r in range(1, st.rounds + 1))
         cfg = round_config(self.cfg, 0, BASELINE)
         cfg.train.epochs = epochs
-        files = [Path(self.cfg.data.prepared) / f"{self.labeled[i % len(self.labeled)]}{PREPARED_SUFFIX}"
+        files = [prepared_path(self.cfg.data.prepared, self.labeled[i % len(self.labeled)])
                  for i in range(len(student))]
         self._train(cfg, run, self._dataset(files, None, None, st.rounds + 1), self._weights("round_0"),
                     "supervised, same budget")
@@ -222,7 +225,7 @@ class SelfTraining:
 
     def summarize(self) -> dict:
         """Rank 0 writes summary.json/.md and the comparison report; other ranks return an empty dict."""
-        from minkseg.compare import compare_runs
+        from minkseg.viz.compare import compare_runs
 
         if not distributed.is_main():
             return {}

@@ -8,72 +8,39 @@ scene), so a resumed run sees exactly the batches an uninterrupted run would.
 
 Batches are read, augmented, voxelized and collated by ``train.workers`` DataLoader
 processes. Under ``torchrun`` every rank trains a disjoint shard of each epoch's
-permutation (see :mod:`minkseg.distributed`) inside DistributedDataParallel; rank 0 alone
+permutation (see :mod:`minkseg.engine.distributed`) inside DistributedDataParallel; rank 0 alone
 writes checkpoints, TensorBoard scalars and metrics, and validation is split over ranks.
 """
 
 from __future__ import annotations
 
-import copy
-import pickle
-import re
 import time
-import zipfile
-from collections import Counter, OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from minkseg import distributed
-from minkseg.config import Config, from_dict, save_config, to_dict
-from minkseg.data.dataset import (
-    EpochBatchSampler,
-    PreparedScenes,
-    iterate_prepared,
-    resolve_workers,
-    training_loader,
-)
+from minkseg.config import Config, save_config, to_dict
+from minkseg.data.dataset import EpochBatchSampler, PreparedScenes, resolve_workers, training_loader
+from minkseg.data.splits import labeled_scenes, split_scenes
 from minkseg.data.voxelize import VoxelBatch
 from minkseg.device import resolve_device
-from minkseg.evaluate import summarize_matches, write_json
-from minkseg.inference import ground_truth_ids, predict_scene
+from minkseg.engine import distributed
+from minkseg.engine.checkpoint import (
+    CHECKPOINT_KEYS,
+    RESUME_KEYS,
+    load_weights,
+    read_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
+from minkseg.evaluation.evaluate import write_json
+from minkseg.evaluation.model_eval import evaluate_model
+from minkseg.inference.proposals import recorrection_batch_loss
 from minkseg.losses import batch_loss
-from minkseg.metrics import match_scene, semantic_confusion
+from minkseg.models.build import build_model
 from minkseg.models.model import SegmentationModel
-from minkseg.proposals import recorrection_batch_loss
-from scannet_tools.io import atomic_path
-from scannet_tools.prepare import PREPARED_SUFFIX
-from scannet_tools.splits import limited_reconstruction, resolve_split, sample_labeled
-
-
-def build_model(cfg: Config) -> SegmentationModel:
-    in_ch = 6 if cfg.data.use_normals else 3
-    m = cfg.model
-    return SegmentationModel.build(m.head, m.backbone, in_ch, m.anisotropic, m.heteroscedastic, m.embedding_unit,
-                                   m.recorrector, m.offset_range)
-
-
-def split_scenes(cfg: Config, split: str) -> list[str]:
-    """Scene ids of a split that have a prepared file."""
-    root = cfg.data.root or None
-    names = resolve_split(split, root)
-    prepared = Path(cfg.data.prepared)
-    have = [s for s in names if (prepared / f"{s}{PREPARED_SUFFIX}").is_file()]
-    if not have:
-        raise FileNotFoundError(f"{prepared}: none of the {len(names)} scenes of split {split!r} is prepared")
-    return have
-
-
-def labeled_scenes(cfg: Config, train: list[str]) -> list[str]:
-    """The labelled part of the training scenes: a shipped list, a seeded ratio, or all."""
-    if cfg.data.label_list:
-        wanted = set(limited_reconstruction(cfg.data.label_list))
-        return [s for s in train if s in wanted]
-    if cfg.data.label_ratio < 1.0:
-        return sample_labeled(train, cfg.data.label_ratio, cfg.data.label_seed)
-    return list(train)
 
 
 def loss_weights(cfg: Config):
@@ -101,128 +68,6 @@ class TrainingLoss(torch.nn.Module):
 
     def forward(self, batch: VoxelBatch) -> dict[str, torch.Tensor]:
         return training_loss(self.model, batch, self.cfg)
-
-
-# train keys that say how a run is executed, not what it computes: --resume may change them
-RUNTIME_KEYS = ("workers", "prefetch")
-
-
-def run_identity(config: dict) -> dict:
-    """A config dict without :data:`RUNTIME_KEYS`, for comparing a resumed run with its checkpoint."""
-    out = copy.deepcopy(config)
-    for k in RUNTIME_KEYS:
-        out.get("train", {}).pop(k, None)
-    return out
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, damaged or not written by minkseg; ``str()`` is one line naming the file."""
-
-
-#: Keys every minkseg checkpoint holds; a resumable one (``last.pth``) also holds RESUME_KEYS.
-CHECKPOINT_KEYS = ("model", "config")
-RESUME_KEYS = ("optimizer", "scheduler", "epoch", "epoch_step", "step", "best", "torch_rng")
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
-
-
-def _plain(value, where: str):
-    """``value`` as tensors, plain containers and primitives only, so that
-    ``torch.load(..., weights_only=True)`` reads it back; numpy scalars and paths are converted,
-    anything else is a programming error caught at save time rather than at load time."""
-    if isinstance(value, np.generic):  # first: np.float64 is also a float, yet pickles as a numpy object
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):  # Counter and OrderedDict keep their type: the unpickler allows both
-        out = type(value)() if type(value) in (dict, Counter, OrderedDict) else {}
-        for k, v in value.items():
-            out[_plain(k, where)] = _plain(v, f"{where}.{k}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
-    raise TypeError(f"checkpoint entry {where} is a {type(value).__name__}; store tensors, containers or primitives")
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` atomically in a form ``torch.load(..., weights_only=True)`` accepts."""
-    plain = _plain(state, "state")
-    with atomic_path(path) as tmp:
-        torch.save(plain, tmp)
-
-
-def read_checkpoint(path: str | Path, device: torch.device | str = "cpu",
-                    keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
-    """The state dict of a minkseg checkpoint, loaded without running pickled code (weights_only).
-
-    A missing, empty, truncated, foreign or unsafe file, or one without ``keys``, raises
-    :class:`CheckpointError` with one line naming the file and the problem.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint does not exist")
-    with open(path, "rb") as f:
-        head = f.read(len(_ZIP_MAGIC))
-    if not head:
-        raise CheckpointError(f"{path}: checkpoint file is empty")
-    if head != _ZIP_MAGIC:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (no zip archive at the start: another format "
-                              "or random bytes)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"{path}: holds a Python object{what} beyond tensors and plain containers; refused, "
-                              "since loading it would run code from the file") from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... with messages of its internals
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                written_by_torch = any(n.endswith("/data.pkl") for n in z.namelist())
-            if written_by_torch:  # an intact torch archive: the failure is the load (device, memory), not the file
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                raise CheckpointError(f"{path}: could not be loaded onto {device} ({type(e).__name__}: {first})"
-                                      ) from None
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (a zip archive, but not one that torch.save "
-                                  "wrote)") from None
-        raise CheckpointError(f"{path}: truncated or damaged checkpoint (its zip archive is incomplete: an "
-                              "interrupted copy or save?)") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a minkseg checkpoint (holds a {type(state).__name__}, not a dict)")
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a minkseg checkpoint (lacks {', '.join(map(repr, missing))})")
-    return state
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegmentationModel, Config, dict]:
-    """Model (eval mode) and config from a checkpoint written by :class:`Trainer`."""
-    state = read_checkpoint(path, device)
-    try:
-        cfg = from_dict(Config, state["config"])
-    except (ValueError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: the stored config is not valid ({e})") from None
-    model = build_model(cfg).to(device)
-    load_weights(model, state["model"], path)
-    return model.eval(), cfg, state
-
-
-def load_weights(model: torch.nn.Module, weights, path: str | Path) -> None:
-    """``model.load_state_dict(weights)`` with a one-line :class:`CheckpointError` when they do not fit."""
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{path}: the 'model' entry is a {type(weights).__name__}, not a state dict")
-    expected = model.state_dict()
-    # checkpoints from before model.offset_range lack that buffer; OffsetHead supplies the old reach
-    missing = [k for k in expected if k not in weights and not k.endswith(".offset_range")]
-    unexpected = [k for k in weights if k not in expected]
-    reshaped = [k for k in expected if k in weights and getattr(weights[k], "shape", None) != expected[k].shape]
-    problems = [f"{len(names)} {what}, e.g. {names[0]}" for names, what in
-                ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if names]
-    if problems:
-        raise CheckpointError(f"{path}: the weights do not fit the model its config builds "
-                              f"({'; '.join(problems)})")
-    model.load_state_dict(weights)
 
 
 class Trainer:
@@ -409,30 +254,3 @@ class Trainer:
             self.best = value
             self._save("best.pth")
         return metrics
-
-
-def evaluate_model(model: SegmentationModel, cfg: Config, scenes: list[str], device: torch.device | str = "cpu",
-                   progress: bool = False, ap_matrix: bool = False, workers: int = 0,
-                   split_over_ranks: bool = False) -> dict:
-    """Benchmark metrics of a model on prepared scenes (ground truth from the prepared arrays).
-
-    Scenes are read ahead by ``workers`` processes. With ``split_over_ranks`` (every rank
-    of a torchrun job must then call this) each rank predicts every world-th scene and
-    reduces it to its matches with the ground truth and its confusion matrix; those
-    compact per-scene records are gathered, put back in scene order, and every rank
-    computes the same metrics from all of them.
-    """
-    prepared = Path(cfg.data.prepared)
-    mine = distributed.rank_items(len(scenes)) if split_over_ranks else list(range(len(scenes)))
-    records = []
-    files = [prepared / f"{scenes[i]}{PREPARED_SUFFIX}" for i in mine]
-    show = progress and (distributed.is_main() or not split_over_ranks)
-    for i, scene in zip(mine, tqdm(iterate_prepared(files, workers), total=len(files), desc="evaluate",
-                                   unit="scene", disable=not show or None)):
-        pred = predict_scene(model, scene, cfg, device)
-        records.append((i, match_scene(ground_truth_ids(scene), pred.instances),
-                        semantic_confusion(scene["nyu40"].astype(np.int64), pred.semantic_nyu40)))
-    parts = distributed.all_gather(records) if split_over_ranks else [records]
-    gathered = sorted((r for part in parts for r in part), key=lambda r: r[0])
-    return summarize_matches([m for _, m, _ in gathered], [c for _, _, c in gathered], ap_matrix)
-

@@ -1,6 +1,6 @@
 """``minkseg evaluate``: benchmark metrics from a checkpoint or from benchmark-format files.
 
-Both paths end in the same functions of :mod:`minkseg.metrics`, so a checkpoint's numbers
+Both paths end in the same functions of :mod:`minkseg.evaluation.metrics`, so a checkpoint's numbers
 and the numbers of the submission files it writes are the same.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minkseg.metrics import (
+from minkseg.evaluation.metrics import (
     InstancePrediction,
     SceneMatches,
     instance_ap,

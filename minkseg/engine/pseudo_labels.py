@@ -22,9 +22,9 @@ import torch
 
 from minkseg.config import Config
 from minkseg.data.voxelize import UNKNOWN_INSTANCE
-from minkseg.inference import cluster_output, forward_scene
+from minkseg.inference.predict import cluster_output, forward_scene
+from minkseg.inference.proposals import recorrect_clusters
 from minkseg.models.model import SegmentationModel
-from minkseg.proposals import recorrect_clusters
 from scannet_tools.io import atomic_path
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID, IGNORE_ID
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minkseg.inference.instances import InstancePrediction
 from scannet_tools.labels import INSTANCE_NAMES, INSTANCE_NYU40_IDS, SEMANTIC_NAMES, SEMANTIC_NYU40_IDS
 
 OVERLAPS = np.append(np.arange(0.5, 0.95, 0.05), 0.25)
@@ -73,15 +74,6 @@ _IS_SEMANTIC_CLASS = _member_table(SEMANTIC_NYU40_IDS)
 def _is_member(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     """``np.isin(values, ids)`` by table look-up: values outside the table clip onto a False entry."""
     return np.take(table, values, mode="clip")
-
-
-@dataclass
-class InstancePrediction:
-    """One predicted instance of a scene: a per-vertex mask (nonzero = member), an NYU40 label, a confidence."""
-
-    mask: np.ndarray  # (N,) bool or integers
-    label_id: int
-    confidence: float
 
 
 @dataclass

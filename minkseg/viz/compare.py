@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minkseg.evaluate import write_json
-from minkseg.metrics import OVERLAPS
+from minkseg.evaluation.evaluate import write_json
+from minkseg.evaluation.metrics import OVERLAPS
 from scannet_tools.io import atomic_path, write_text_atomic
 from scannet_tools.labels import INSTANCE_NAMES
 
@@ -40,9 +40,11 @@ def run_labels(runs: list[Path]) -> list[str]:
 
 def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared: str | None = None,
                  root: str | None = None, device: str | None = "auto") -> dict[str, dict]:
+    from minkseg.data.splits import split_scenes
     from minkseg.device import resolve_device
-    from minkseg.oracle import prepared_ceiling
-    from minkseg.train import evaluate_model, load_checkpoint, split_scenes
+    from minkseg.engine.checkpoint import load_checkpoint
+    from minkseg.evaluation.model_eval import evaluate_model
+    from minkseg.evaluation.oracle import prepared_ceiling
 
     device = resolve_device(device)
 
@@ -96,9 +98,9 @@ def write_report(results: dict[str, dict], out: Path, scenes: list[str]) -> None
            + " | ".join(cell(c[k]) for k in ("mAP", "AP50", "AP25", "mIoU")) + " |"
            for size, c in sorted(ceilings.items())]
     if ceilings:
-        md += ["", "The ceiling is the voxel oracle (minkseg/oracle.py): each vertex takes its voxel's majority "
-               "label and each ground-truth instance keeps the voxels it wins, i.e. what perfect voxel outputs "
-               "score at that voxel size."]
+        md += ["", "The ceiling is the voxel oracle (minkseg/evaluation/oracle.py): each vertex takes its voxel's "
+               "majority label and each ground-truth instance keeps the voxels it wins, i.e. what perfect voxel "
+               "outputs score at that voxel size."]
     md += ["", "## AP50 per class", "", "| class | " + " | ".join(labels) + " |",
            "| --- | " + " | ".join("---:" for _ in labels) + " |"]
     for ci, c in enumerate(INSTANCE_NAMES):

@@ -1,0 +1,1 @@
+"""Training, self-training, pseudo labels, checkpoints and the distributed wrapper."""

@@ -1,0 +1,1 @@
+"""Predictions -> benchmark metrics, the voxel oracle and submission files."""

@@ -1,0 +1,1 @@
+"""Heads -> per-vertex predictions: clustering, devoxelization, proposals."""

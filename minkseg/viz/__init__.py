@@ -1,0 +1,1 @@
+"""Pictures: coloured scenes and run comparisons."""
