@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from minkseg.cluster import cluster_margin, cluster_probabilistic
+from minkseg.inference.cluster import cluster_margin, cluster_probabilistic
 from minkseg.losses.margin import margin_loss
 from minkseg.losses.probabilistic import probabilistic_loss
 

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minkseg.cluster import cluster_probabilistic
+from minkseg.inference.cluster import cluster_probabilistic
 from minkseg.losses.margin import lovasz_hinge, margin_gaussian
 from minkseg.losses.probabilistic import instance_loss, score_loss, score_targets
 

@@ -3,7 +3,7 @@
 Data flows one way, one module per arrow::
 
     raw scene --scannet_tools.prepare--> prepared arrays --minkseg.data.voxelize--> voxels
-    --minkseg.models--> heads --minkseg.cluster--> clusters --minkseg.inference.devoxelize--> vertices
+    --minkseg.models--> heads --minkseg.inference.cluster--> clusters --minkseg.inference.devoxelize--> vertices
     --> metrics / submission
 """
 

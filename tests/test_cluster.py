@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from minkseg.cluster import cluster_margin, cluster_probabilistic, greedy_cluster
+import minkseg.inference.cluster as cluster_module
+from minkseg.inference.cluster import cluster_margin, cluster_probabilistic, greedy_cluster
+from minkseg.losses.kernels import log_bhattacharyya_kernel
+from minkseg.losses.margin import margin_gaussian
 
 
 def planted_scene(seed=0, k=6, n_per=50, n_bg=200):
@@ -167,3 +172,183 @@ def test_margin_membership_uses_the_seed_bandwidth():
     sem[:, CHAIR] = 5.0
     c = cluster_margin(emb, s, seed, sem, tau=0.5, seed_threshold=0.5, min_size=1)
     assert c.voxel_instance.tolist() == [0] * 11 + [-1] * 10
+
+
+# --- the blocked greedy loop equals the one-seed-at-a-time loop ------------------------------------------
+
+def reference_greedy(seed_score, foreground, kernel_to_seed, semantic_probs, tau, seed_threshold=0.5,
+                     min_size=10, max_instances=500, max_seeds=5000):
+    """The textbook loop of Sec. 3.4: best free seed, its members, repeat (one seed per step).
+
+    It is the clustering before the blocked loop, with several host syncs per seed;
+    benchmarks/bench_gpu.py times it as "before"."""
+    dev = seed_score.device
+    voxel_instance = torch.full((len(seed_score),), -1, dtype=torch.long, device=dev)
+    cand = foreground.nonzero(as_tuple=True)[0]
+    free = torch.ones(len(cand), dtype=torch.bool, device=dev)
+    score = seed_score[cand]
+    classes, scores = [], []
+    inst_probs = semantic_probs[:, 2:]
+    for _ in range(max_seeds):
+        if not free.any() or len(classes) >= max_instances:
+            break
+        masked = torch.where(free, score, torch.full_like(score, -1.0))
+        j = int(masked.argmax())
+        if masked[j] < seed_threshold:
+            break
+        idx = free.nonzero(as_tuple=True)[0]
+        members = idx[kernel_to_seed(int(cand[j]), cand[idx]) >= tau]
+        free[members] = False
+        free[j] = False
+        if len(members) < min_size:
+            continue
+        vox = cand[members]
+        mean_prob = inst_probs[vox].mean(0)
+        c = int(mean_prob.argmax())
+        voxel_instance[vox] = len(classes)
+        classes.append(c + 2)
+        scores.append(float(mean_prob[c]) * float(masked[j]))
+    return (voxel_instance, torch.tensor(classes, dtype=torch.long, device=dev),
+            torch.tensor(scores, dtype=torch.float32, device=dev))
+
+
+def assert_same_clusters(blocked, reference):
+    voxel_instance, classes, scores = reference
+    assert torch.equal(blocked.voxel_instance, voxel_instance)
+    assert torch.equal(blocked.classes, classes)
+    assert torch.equal(blocked.scores, scores)  # bitwise: same member order, same mean
+
+
+def random_scene(seed: int, n: int, k: int, spread: float, tie_levels: int):
+    """n voxels around k centres in 3D with float32 embeddings, seed scores drawn from
+    ``tie_levels`` values (ties on purpose), some background voxels and random class logits."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(k, 3, generator=g) * 2
+    which = torch.randint(0, k, (n,), generator=g)
+    mu = centres[which] + spread * torch.randn(n, 3, generator=g)
+    log_sigma = -2.5 + 0.5 * torch.randn(n, 3, generator=g)
+    levels = torch.rand(tie_levels, generator=g)
+    seed_score = levels[torch.randint(0, tie_levels, (n,), generator=g)]
+    sem_logits = 2 * torch.randn(n, 20, generator=g)
+    sem_logits[torch.rand(n, generator=g) < 0.2, 0] = 10.0  # background voxels
+    return mu, log_sigma, seed_score, sem_logits
+
+
+scene_params = dict(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 120), k=st.integers(1, 8),
+                    spread=st.sampled_from([0.0, 0.05, 0.2, 0.5]), tie_levels=st.integers(1, 6),
+                    tau=st.sampled_from([0.0, 0.2, 0.35, 0.5, 0.9, 1.5]),
+                    seed_threshold=st.sampled_from([0.0, 0.3, 0.6]),
+                    min_size=st.integers(1, 12), max_instances=st.integers(0, 6), max_seeds=st.integers(0, 20),
+                    block_size=st.sampled_from([1, 2, 3, 7, 256]), rows=st.sampled_from([None, 1, 2, 5, 10_000]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**scene_params)
+def test_blocked_probabilistic_clustering_equals_the_one_seed_loop(seed, n, k, spread, tie_levels, tau,
+                                                                   seed_threshold, min_size, max_instances,
+                                                                   max_seeds, block_size, rows):
+    mu, log_sigma, seed_score, sem_logits = random_scene(seed, n, k, spread, tie_levels)
+    probs = torch.softmax(sem_logits, 1)
+    fg = probs.argmax(1) >= 2
+
+    def kernel(i0, idx):
+        return log_bhattacharyya_kernel(mu[idx], log_sigma[idx], mu[i0], log_sigma[i0]).exp()
+
+    args = (seed_score, fg, kernel, probs, tau, seed_threshold, min_size, max_instances, max_seeds)
+    assert_same_clusters(greedy_cluster(*args, block_size=block_size, rows_per_chunk=rows), reference_greedy(*args))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**scene_params)
+def test_blocked_margin_clustering_equals_the_one_seed_loop(seed, n, k, spread, tie_levels, tau, seed_threshold,
+                                                            min_size, max_instances, max_seeds, block_size, rows):
+    mu, log_sigma, seed_score, sem_logits = random_scene(seed, n, k, spread, tie_levels)
+    sigma_logit = 0.3 + 0.05 * log_sigma  # bandwidths exp(10 s~) around exp(1.75)
+    probs = torch.softmax(sem_logits, 1)
+    fg = probs.argmax(1) >= 2
+
+    def kernel(i0, idx):
+        return margin_gaussian(mu[idx], mu[i0], sigma_logit[i0])
+
+    args = (seed_score, fg, kernel, probs, tau, seed_threshold, min_size, max_instances, max_seeds)
+    assert_same_clusters(greedy_cluster(*args, block_size=block_size, rows_per_chunk=rows), reference_greedy(*args))
+
+
+@pytest.mark.parametrize("block_size,rows", [(1, None), (4, 3), (256, None), (256, 10_000)])
+def test_both_heads_match_the_one_seed_loop_on_a_larger_scene(block_size, rows, monkeypatch):
+    # 3000 voxels, 40 objects; (S, N) chunks capped at 3 rows for 3000 voxels, so seams are crossed
+    monkeypatch.setattr(cluster_module, "KERNEL_CHUNK_ELEMENTS", 10_000)
+    mu, log_sigma, _, sem_logits = random_scene(7, 3000, 40, 0.03, 1000)
+    probs = torch.softmax(sem_logits, 1)
+    score_logits = torch.randn(3000, 19, generator=torch.Generator().manual_seed(3))
+    score_logits[:, :-1] += 2.0
+    seed_logits = torch.randn(3000, 18, generator=torch.Generator().manual_seed(4))
+    sigma_logit = torch.full_like(mu, 0.35)
+    monkeypatch.setattr(cluster_module, "greedy_cluster",
+                        lambda *a, **kw: greedy_cluster(*a, **kw, block_size=block_size, rows_per_chunk=rows))
+    got = cluster_probabilistic(mu, log_sigma, score_logits, sem_logits, tau=0.35, min_size=5)
+
+    def bhattacharyya(i0, idx):
+        return log_bhattacharyya_kernel(mu[idx], log_sigma[idx], mu[i0], log_sigma[i0]).exp()
+
+    seed = torch.softmax(score_logits, 1)[:, :-1].max(1).values
+    want = reference_greedy(seed, probs.argmax(1) >= 2, bhattacharyya, probs, 0.35, 0.5, 5)
+    assert len(want[1]) > 10
+    assert_same_clusters(got, want)
+
+    got = cluster_margin(mu, sigma_logit, seed_logits, sem_logits, tau=0.5, min_size=5)
+
+    def gaussian(i0, idx):
+        return margin_gaussian(mu[idx], mu[i0], sigma_logit[i0])
+
+    want = reference_greedy(torch.sigmoid(seed_logits).max(1).values, probs.argmax(1) >= 2, gaussian, probs, 0.5,
+                            0.5, 5)
+    assert len(want[1]) > 10
+    assert_same_clusters(got, want)
+
+
+def test_block_size_must_be_positive():
+    with pytest.raises(ValueError, match="block_size"):
+        greedy_cluster(torch.ones(3), torch.ones(3, dtype=torch.bool), lambda i0, idx: idx * 0.0,
+                       torch.ones(3, 20), tau=0.5, block_size=0)
+
+
+@pytest.mark.parametrize("block_size", [1, 256])
+def test_a_seed_outside_its_own_kernel_is_still_used(block_size):
+    # a kernel that excludes the seed itself: voxel 0 seeds {1}; voxel 2's reach covers voxels 0
+    # and 3, but voxel 0 was used as a seed, so it stays unassigned and voxel 2 seeds {3}
+    pos = torch.tensor([0.0, 1.0, 3.0, 4.0])
+    reach = torch.tensor([1.2, 1.2, 3.5, 1.2])
+
+    def kernel(i0, idx):
+        d = (pos[idx] - pos[i0]).abs()
+        return ((d >= 0.5) & (d <= reach[i0])).float()
+
+    probs = torch.zeros(4, 20)
+    probs[:, CHAIR] = 1
+    args = (torch.tensor([0.9, 0.8, 0.7, 0.1]), torch.ones(4, dtype=torch.bool), kernel, probs, 0.5, 0.5, 1)
+    c = greedy_cluster(*args, block_size=block_size)
+    assert c.voxel_instance.tolist() == [-1, 0, -1, 1] and c.classes.tolist() == [CHAIR, CHAIR]
+    assert_same_clusters(c, reference_greedy(*args))
+
+
+def test_a_block_of_seeds_shares_two_kernel_evaluations():
+    # 30 separated instances whose centre voxels score highest: one block holds all 30 seeds, so
+    # the kernel runs twice (the block's (B, B) claims, then one (30, N) chunk), not once per seed
+    mu, truth, classes, sem = planted_scene(seed=2, k=30, n_per=20, n_bg=100)
+    seed_score = torch.where(truth >= 0, 0.6, 0.0)
+    seed_score[torch.arange(30) * 20] = 0.9
+    calls = []
+
+    def kernel(i0, idx):
+        calls.append(len(idx))
+        return (-((mu[idx] - mu[i0]) ** 2).sum(-1)).exp()
+
+    probs = torch.softmax(sem, 1)
+    c = greedy_cluster(seed_score, probs.argmax(1) >= 2, kernel, probs, tau=0.5, block_size=256,
+                       rows_per_chunk=10_000)
+    assert c.num_instances == 30 and same_partition(c.voxel_instance, truth)
+    assert len(calls) == 2
+    calls.clear()
+    greedy_cluster(seed_score, probs.argmax(1) >= 2, kernel, probs, tau=0.5, block_size=1)
+    assert len(calls) == 60  # one seed per block: one (1, 1) and one (1, N) evaluation per instance

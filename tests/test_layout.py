@@ -24,7 +24,6 @@ STAGES = {
     "minkseg.losses": 4,
     "minkseg.config": 5,  # holds the loss weights and augmentation settings of data and losses
     "minkseg.inference": 6,
-    "minkseg.cluster": 6,  # inference; moves into minkseg/inference/
     "minkseg.evaluation": 7,
     "minkseg.engine": 8,
     "minkseg.viz": 9,

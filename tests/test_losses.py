@@ -484,7 +484,7 @@ def test_float32_adam_on_free_embeddings_trains_to_the_end(head):
     """300 Adam steps in float32 on free per-voxel outputs of a planted scene: every step finite
     and the instances recovered by the clustering. With the add-then-subtract L_InsCE and the
     old log1mexp this gave NaN at step 235, as instances packed below a millimetre."""
-    from minkseg.cluster import cluster_margin, cluster_probabilistic
+    from minkseg.inference.cluster import cluster_margin, cluster_probabilistic
 
     g = torch.Generator().manual_seed(0)
     k, n_per, n_bg = 8, 150, 800

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from minkseg.cluster import cluster_margin, cluster_probabilistic
 from minkseg.config import ConfigError, ModelConfig, load_config
 from minkseg.data.dataset import PreparedScenes
 from minkseg.data.voxelize import collate
+from minkseg.inference.cluster import cluster_margin, cluster_probabilistic
 from minkseg.inference.devoxelize import devoxelize
 from minkseg.losses import batch_loss
 from minkseg.models.heads import MarginHead, ProbabilisticHead

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minkseg.cluster import Clusters, cluster_margin, cluster_probabilistic
 from minkseg.config import ClusterConfig, Config
 from minkseg.data.voxelize import VoxelBatch, collate, input_features, voxelize
+from minkseg.inference.cluster import Clusters, cluster_margin, cluster_probabilistic
 from minkseg.inference.devoxelize import resolve_inverse
 from minkseg.inference.instances import InstancePrediction
 from minkseg.models.heads import ProbabilisticOutput

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from minkseg.cluster import Clusters
 from minkseg.config import ClusterConfig
 from minkseg.data.voxelize import VoxelBatch
+from minkseg.inference.cluster import Clusters
 from minkseg.inference.predict import cluster_output
 from minkseg.losses.recorrect import proposal_targets, recorrection_loss
 from minkseg.models.model import ModelOutput, SegmentationModel
