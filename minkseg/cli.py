@@ -351,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`minkseg train configs/synthetic_margin.yaml train.epochs=10 name=try1`. "
                                    "The run folder runs/<name>/ holds config.yaml, last.pth, best.pth, val/*.json "
                                    "and TensorBoard logs (tensorboard --logdir runs).",
+                       epilog="several GPUs (one process each; the effective batch is N x train.batch_size):\n"
+                              "  torchrun --standalone --nproc_per_node=4 -m minkseg train CONFIG name=p4\n"
+                              "  torchrun --standalone --nproc_per_node=4 -m minkseg train CONFIG name=p4 --resume\n"
+                              "two nodes: torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d "
+                              "--rdzv_endpoint=node0:29400 --rdzv_id=p8 -m minkseg train CONFIG name=p8",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_args(p, "continue runs/<name>/last.pth exactly where it stopped")
     p.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")

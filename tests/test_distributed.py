@@ -255,6 +255,7 @@ def test_torchrun_trains_resumes_and_writes_one_run(raw_root, prepared_dir, tmp_
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
 
 
+@pytest.mark.slow  # a torchrun launch of 3 self-training rounds: 15-30 s on 2 cores
 def test_torchrun_selftraining_splits_pseudo_labels_and_finishes_every_round(raw_root, prepared_dir, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     args = [str(torchrun), "--standalone", f"--nproc_per_node={WORLD}", "-m", "minkseg", "selftrain",
