@@ -352,3 +352,31 @@ def test_a_block_of_seeds_shares_two_kernel_evaluations():
     calls.clear()
     greedy_cluster(seed_score, probs.argmax(1) >= 2, kernel, probs, tau=0.5, block_size=1)
     assert len(calls) == 60  # one seed per block: one (1, 1) and one (1, N) evaluation per instance
+
+
+def test_no_host_read_per_seed():
+    # a device-to-host read of a scalar (``.item()``, ``int(t)``, ``bool(t)``, indexing with a 0-d
+    # tensor) dispatches aten._local_scalar_dense, a sync on CUDA; 30 seeds in one block need none
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten._local_scalar_dense:
+                ScalarReads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    mu, truth, _, sem = planted_scene(seed=2, k=30, n_per=20, n_bg=100)
+    seed_score = torch.where(truth >= 0, 0.6, 0.0)
+    seed_score[torch.arange(30) * 20] = 0.9
+    probs = torch.softmax(sem, 1)
+
+    def kernel(i0, idx):
+        return (-((mu[idx] - mu[i0]) ** 2).sum(-1)).exp()
+
+    with ScalarReads():
+        c = greedy_cluster(seed_score, probs.argmax(1) >= 2, kernel, probs, tau=0.5, block_size=256,
+                           rows_per_chunk=10_000)
+    assert c.num_instances == 30 and same_partition(c.voxel_instance, truth)
+    assert ScalarReads.count == 0

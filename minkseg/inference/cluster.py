@@ -13,11 +13,12 @@ earlier seed of the block claims it, because any seed outside the block scores l
 comes later. The seeds' kernels against the free voxels are then evaluated a chunk of
 seeds at a time, and each voxel goes to the first seed of the block that claims it
 (a block seed's own voxel only to itself, since it is used when its turn comes), which
-is what the one-seed-at-a-time loop would have done. A block costs four syncs plus two
-per chunk, whatever its number of seeds; the result is the same clusters, classes and
-scores in the same order (``tests/test_cluster.py`` checks it against the plain loop).
-On CPU, where a sync costs nothing, the defaults shrink to small blocks and one-seed
-chunks, so no kernel work is spent beyond the plain loop's.
+is what the one-seed-at-a-time loop would have done. A block costs six syncs (two of them
+small host-to-device copies) plus two per chunk, whatever its number of seeds; the
+result is the same clusters, classes and scores in the same order
+(``tests/test_cluster.py`` checks it against the plain loop). On CPU, where a sync costs
+nothing, the defaults shrink to small blocks and one-seed chunks, so no kernel work is
+spent beyond the plain loop's.
 
 Class and confidence of an instance: the class is the arg-max of the *mean* semantic
 probability over the instance's voxels (restricted to the 18 instance classes), which
@@ -160,6 +161,8 @@ def greedy_cluster(seed_score: torch.Tensor, foreground: torch.Tensor, kernel_to
         free[seeds] = False  # a seed is used even when its instance is rejected
         sizes = torch.bincount(member_row, minlength=len(seeds)).tolist()  # sync
         groups = torch.split(cand[member_pos], sizes)
+        # one gather per block: score[seeds[r]] would index with a 0-d device tensor, i.e. .item(), a sync per seed
+        block_scores = score[seeds]
         instance_of_row = torch.full((len(seeds),), -1, dtype=torch.long)
         for r, size in enumerate(sizes):
             if len(means) >= max_instances:
@@ -169,7 +172,7 @@ def greedy_cluster(seed_score: torch.Tensor, foreground: torch.Tensor, kernel_to
                 continue
             instance_of_row[r] = len(means)
             means.append(inst_probs[groups[r]].mean(0))
-            seed_scores.append(score[seeds[r]])
+            seed_scores.append(block_scores[r])  # a python int: a view, no sync
         voxel_instance[cand[member_pos]] = instance_of_row.to(dev)[member_row]  # -1 where rejected
         queue = queue[free[queue]]  # sync
     if not means:
