@@ -349,13 +349,18 @@ def write_submission(root, scenes, sem=True):
         (root / "sub" / "instance" / f"{name}.txt").write_text("".join(lines))
 
 
-def test_files_equal_the_transcription_of_the_scripts(tmp_path):
-    rng = np.random.default_rng(11)
+def write_random_submission(root: Path, seed: int, n_scenes: int, n_vertices: int) -> dict:
+    """Random scenes and predictions written as ground truth + submission; returns them."""
+    rng = np.random.default_rng(seed)
     scenes = {}
-    for s in range(3):
-        gt = random_scene(rng, 1500)
+    for s in range(n_scenes):
+        gt = random_scene(rng, n_vertices)
         scenes[f"scene{s:04d}_00"] = (gt, random_predictions(rng, gt))
-    write_submission(tmp_path, scenes)
+    write_submission(root, scenes)
+    return scenes
+
+def test_files_equal_the_transcription_of_the_scripts(tmp_path):
+    scenes = write_random_submission(tmp_path, seed=11, n_scenes=3, n_vertices=1500)
     got = evaluate_dirs(tmp_path / "sub", tmp_path / "gt", ap_matrix=True, workers=2)
     matches = {}
     for name in scenes:
@@ -401,12 +406,7 @@ def test_non_integer_mask_line_is_one_error_line(tmp_path, capsys):
 
 
 def test_evaluate_from_files_imports_neither_torch_nor_minkowskiengine(tmp_path):
-    rng = np.random.default_rng(5)
-    scenes = {}
-    for s in range(4):
-        gt = random_scene(rng, 800)
-        scenes[f"scene{s:04d}_00"] = (gt, random_predictions(rng, gt))
-    write_submission(tmp_path, scenes)
+    write_random_submission(tmp_path, seed=5, n_scenes=4, n_vertices=800)
     serial = evaluate_dirs(tmp_path / "sub", tmp_path / "gt")
     args = ["evaluate", "--pred", str(tmp_path / "sub"), "--gt", str(tmp_path / "gt"), "--workers", "2",
             "--json", str(tmp_path / "m.json")]
