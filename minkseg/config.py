@@ -42,7 +42,12 @@ class ModelConfig:
     # (mu = x + tanh(o), paper Table 3) before 2026-12; 3 m spans ScanNet's 5 m objects.
     # Checkpoints saved before then keep their 1-unit reach (stored in the weights).
     offset_range: float = 3.0
-    recorrector: bool = False  # TWIST's proposal re-correction module (set by minkseg selftrain)
+    # TWIST's proposal re-correction module Psi, trained with the network (L_Phi + loss.recorrect L_Psi) in
+    # train and selftrain; at inference cluster.score=psi ranks proposals by it
+    recorrector: bool = False
+    # a minkseg pretrain checkpoint (or any minkseg checkpoint) whose backbone weights start train/selftrain;
+    # the heads start fresh. The run records the path and the file's sha256 (init_backbone.json).
+    init_backbone: str = ""
 
     def __post_init__(self) -> None:
         for key in ("embedding_unit", "offset_range"):
@@ -65,6 +70,43 @@ class ClusterConfig:
     tau_margin: float = 0.5  # Neven et al.
     seed_threshold: float = 0.5
     min_size: int = 20  # voxels
+    # proposal options (minkseg.inference.predict.scene_proposals), applied alike in evaluate, predict and
+    # pseudo labels; the defaults are the single greedy pass ranked by mean class probability x seed score
+    score: str = "cluster"  # cluster | psi: rank by Psi's class probability x predicted IoU, take its class
+    psi_refine_mask: bool = False  # with score=psi: keep only the members Psi's mask accepts
+    superpoints: bool = False  # snap each mask to the scene's superpoints (majority rule, inference.superpoints)
+    hypotheses: int = 1  # classes per mask: the best plus up to hypotheses-1 more with probability >= threshold
+    hypothesis_threshold: float = 0.1
+    taus: list[float] = field(default_factory=list)  # several kernel thresholds for the model's head ([]: one tau)
+    nms_iou: float = 0.5  # with taus: drop a mask whose IoU with a higher-scored kept mask is > this
+    # grouping (minkseg.inference.meanshift): greedy seeds (Sec. 3.4) or Gaussian blurring mean shift with the
+    # head's kernel; meanshift_bandwidth scales that kernel's length (1: as trained), members need kernel >= tau
+    grouping: str = "greedy"  # greedy | meanshift
+    meanshift_bandwidth: float = 1.0
+    meanshift_iterations: int = 5
+    meanshift_anchors: int = 2048  # most populated embedding cells kept as weighted anchors (anchors^2 work per step)
+    # test-time augmentation (minkseg.inference.tta): 0 off; n: rotations about z by 360/n degrees, each also
+    # mirrored when tta_flip (2n passes); semantic and seed maps averaged, embeddings from the identity pass
+    tta: int = 0
+    tta_flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.score not in ("cluster", "psi"):
+            raise ConfigError(f"config.cluster.score: expected cluster or psi, got {self.score!r}")
+        if self.hypotheses < 1:
+            raise ConfigError(f"config.cluster.hypotheses: expected >= 1, got {self.hypotheses}")
+        for key in ("hypothesis_threshold", "nms_iou"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"config.cluster.{key}: expected a value in [0, 1], got {getattr(self, key)!r}")
+        if self.grouping not in ("greedy", "meanshift"):
+            raise ConfigError(f"config.cluster.grouping: expected greedy or meanshift, got {self.grouping!r}")
+        if not self.meanshift_bandwidth > 0:
+            raise ConfigError(f"config.cluster.meanshift_bandwidth: expected > 0, got {self.meanshift_bandwidth!r}")
+        for key in ("meanshift_iterations", "tta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config.cluster.{key}: expected >= 0, got {getattr(self, key)!r}")
+        if self.meanshift_anchors < 1:
+            raise ConfigError(f"config.cluster.meanshift_anchors: expected >= 1, got {self.meanshift_anchors!r}")
 
 
 @dataclass
@@ -106,6 +148,33 @@ class SelfTrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pretraining (minkseg pretrain, model.head: partition): the ParAE pretext.
+
+    The schedule (epochs, lr, batch size, seed, workers) is ``train``'s.
+    """
+
+    components: int = 32  # J partitions = mixture components (ParAE Sec. 4.1: J = 32)
+    scenes: str = "all"  # all: every training scene (no label is read); unlabeled: those outside the labelled list
+    # what the likelihood is taken over: xyz (the paper's choice, Sec. 3.1), optionally + rgb and/or normals
+    inputs: list[str] = field(default_factory=lambda: ["xyz"])
+    covariance_floor: float = 0.0  # m^2 added to the xyz variances; 0: voxel_size^2 / 12 (quantisation)
+    feature_floor: float = 1e-3  # added to the variances of rgb ([-0.5, 0.5]) and normal components
+
+    def __post_init__(self) -> None:
+        if self.components < 1:
+            raise ConfigError(f"config.pretrain.components: expected >= 1, got {self.components}")
+        if self.scenes not in ("unlabeled", "all"):
+            raise ConfigError(f"config.pretrain.scenes: expected unlabeled or all, got {self.scenes!r}")
+        bad = [i for i in self.inputs if i not in ("xyz", "rgb", "normals")]
+        if bad or "xyz" not in self.inputs or len(set(self.inputs)) != len(self.inputs):
+            raise ConfigError(f"config.pretrain.inputs: expected xyz plus optionally rgb and normals, each once, "
+                              f"got {self.inputs!r}")
+        if self.covariance_floor < 0 or not self.feature_floor > 0:
+            raise ConfigError("config.pretrain: covariance_floor must be >= 0 and feature_floor > 0")
+
+
+@dataclass
 class Config:
     name: str = "run"
     runs_dir: str = "runs"
@@ -115,6 +184,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -181,6 +251,16 @@ def apply_override(data: dict, override: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {p} is not a section")
     node[parts[-1]] = yaml.safe_load(raw)
+
+
+def with_cluster_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of ``cfg`` with ``cluster.KEY=VALUE`` overrides (inference options only), validated."""
+    data = to_dict(cfg)
+    for o in overrides:
+        if not o.startswith("cluster."):
+            raise ConfigError(f"override {o!r}: only cluster.* options can change at inference")
+        apply_override(data, o)
+    return from_dict(Config, data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

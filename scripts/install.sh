@@ -17,6 +17,7 @@
 #   MINKSEG_TORCH        torch requirement when none exists   (default: torch==2.13.0)
 #   MINKSEG_ME_SDIST     path to MinkowskiEngine-0.5.4.tar.gz for offline machines
 #   MINKSEG_SKIP_APT=1   do not touch Debian packages
+#   MINKSEG_NO_BROWSER=1 skip Debian's chromium (headless browser of the viewer tests; ~20 s to install)
 #   MINKSEG_NO_DEPS=1    install minkseg without its PyPI dependencies (offline machines)
 #   MINKSEG_REBUILD=1    rebuild MinkowskiEngine even if a cached wheel exists
 #   MINKSEG_BLAS         openblas | blas | mkl | atlas (default: openblas if found, else blas)
@@ -36,6 +37,9 @@ t0=$(date +%s)
 
 # ---------------------------------------------------------------- 1. Debian packages
 APT_PACKAGES=(libopenblas-dev libusb-1.0-0 libgl1 libgomp1 mesa-vulkan-drivers ninja-build)
+# chromium: the tests of `minkseg view` and of the HTML reports render them in a real headless
+# browser (WebGL 2 through SwiftShader); always installed, since CI runs those tests
+if [[ "${MINKSEG_NO_BROWSER:-0}" != 1 ]]; then APT_PACKAGES+=(chromium); fi
 if [[ "${MINKSEG_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do

@@ -228,3 +228,17 @@ def test_every_torch_load_in_the_project_is_weights_only():
              for path in sorted((root / folder).rglob("*.py")) for m in call.finditer(path.read_text())]
     assert len(calls) >= 2, "the scan found no torch.load: the pattern is broken"
     assert [(p, c) for p, c in calls if "weights_only=True" not in c] == []
+
+
+def test_run_identity_fills_options_added_after_the_checkpoint():
+    """A checkpoint written before a release that adds config options (cluster.taus, model.init_backbone,
+    pretrain) still resumes: missing keys take their defaults; a changed value still differs."""
+    from minkseg.engine.checkpoint import run_identity
+
+    current = to_dict(_config())
+    old = to_dict(_config())
+    del old["cluster"]["taus"], old["model"]["init_backbone"], old["pretrain"]
+    old["train"]["workers"] = 7  # a runtime key: never part of the identity
+    assert run_identity(old) == run_identity(current)
+    old["cluster"]["min_size"] += 1
+    assert run_identity(old) != run_identity(current)

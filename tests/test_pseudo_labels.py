@@ -16,11 +16,11 @@ from minkseg.engine.pseudo_labels import (
     paint_proposals,
     pseudo_label_scene,
     pseudo_label_stats,
-    snap_to_superpoints,
     spread_confident_semantics,
     summarize_stats,
     trim_disagreeing,
 )
+from minkseg.inference.superpoints import snap_to_superpoints
 from minkseg.models.heads import ProbabilisticOutput
 from minkseg.models.model import ModelOutput
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID

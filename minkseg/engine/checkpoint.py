@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minkseg.config import Config, from_dict
+from minkseg.config import Config, from_dict, to_dict
 from minkseg.models.build import build_model
 from minkseg.models.model import SegmentationModel
 from scannet_tools.io import atomic_path
@@ -27,8 +27,12 @@ RUNTIME_KEYS = ("workers", "prefetch")
 
 
 def run_identity(config: dict) -> dict:
-    """A config dict without :data:`RUNTIME_KEYS`, for comparing a resumed run with its checkpoint."""
-    out = copy.deepcopy(config)
+    """A config dict without :data:`RUNTIME_KEYS`, for comparing a resumed run with its checkpoint.
+
+    The dict goes through :class:`Config` first, so options added to minkseg after the
+    checkpoint was written take their defaults on both sides and such a run still resumes.
+    """
+    out = to_dict(from_dict(Config, copy.deepcopy(config)))
     for k in RUNTIME_KEYS:
         out.get("train", {}).pop(k, None)
     return out
@@ -115,13 +119,30 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu",
     return state
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[SegmentationModel, Config, dict]:
-    """Model (eval mode) and config from a checkpoint written by :class:`minkseg.engine.train.Trainer`."""
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", tuned: bool = True,
+                    allow_pretrain: bool = False) -> tuple[SegmentationModel, Config, dict]:
+    """Model (eval mode) and config from a checkpoint written by :class:`minkseg.engine.train.Trainer`.
+
+    A ``minkseg pretrain`` checkpoint (a backbone and a partition head, no segmentation
+    heads) is refused with one line unless ``allow_pretrain`` (the viewer and ``visualize``
+    show its partitions).
+
+    With ``tuned`` the clustering settings ``minkseg tune`` wrote to ``tuned.yaml`` in the
+    checkpoint's folder, if any, replace the stored ones (one line on stderr says so; a
+    malformed file is a one-line :class:`~minkseg.config.ConfigError` naming it).
+    """
     state = read_checkpoint(path, device)
     try:
         cfg = from_dict(Config, state["config"])
     except (ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: the stored config is not valid ({e})") from None
+    if cfg.model.head == "partition" and not allow_pretrain:
+        raise CheckpointError(f"{path}: a minkseg pretrain checkpoint has no segmentation heads; train from it "
+                              f"with model.init_backbone={path}")
+    if tuned:
+        from minkseg.engine.tune import apply_tuned  # tune reads and writes checkpoints: imported when used
+
+        cfg = apply_tuned(cfg, Path(path).parent)
     model = build_model(cfg).to(device)
     load_weights(model, state["model"], path)
     return model.eval(), cfg, state
@@ -142,3 +163,38 @@ def load_weights(model: torch.nn.Module, weights, path: str | Path) -> None:
         raise CheckpointError(f"{path}: the weights do not fit the model its config builds "
                               f"({'; '.join(problems)})")
     model.load_state_dict(weights)
+
+
+def load_backbone(model: torch.nn.Module, path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """Copy the ``backbone.*`` weights of a minkseg checkpoint (``minkseg pretrain``'s, or a trained
+    model's) into ``model``, leaving its heads as they are; returns a record for the run folder:
+    the path, the file's sha256 and the pretraining run's name and epochs.
+
+    A backbone of another variant or input width is refused with one line naming the file.
+    """
+    import hashlib
+
+    path = Path(path)
+    state = read_checkpoint(path, device)
+    weights = state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: the 'model' entry is a {type(weights).__name__}, not a state dict")
+    source = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    if not source:
+        raise CheckpointError(f"{path}: holds no backbone.* weights")
+    target = model.backbone.state_dict()
+    missing = [k for k in target if k not in source]
+    reshaped = [k for k in target if k in source and getattr(source[k], "shape", None) != target[k].shape]
+    if missing or reshaped or len(source) != len(target):
+        cfg = state["config"].get("model", {}) if isinstance(state["config"], dict) else {}
+        raise CheckpointError(f"{path}: its backbone ({cfg.get('backbone', '?')}) does not fit this model's "
+                              f"({len(missing)} weights missing, {len(reshaped)} of another shape, e.g. "
+                              f"{(missing + reshaped + ['-'])[0]}); same model.backbone and data.use_normals needed")
+    model.backbone.load_state_dict(source)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    config = state["config"] if isinstance(state["config"], dict) else {}
+    return {"path": str(path), "sha256": digest.hexdigest(), "source_run": config.get("name"),
+            "source_head": config.get("model", {}).get("head"), "source_epochs": state.get("epoch")}

@@ -8,22 +8,23 @@ per-vertex pseudo labels out. It is built from pure functions on per-vertex arra
   ScanNet's ``segIndices``).
 * Later rounds: instance proposals whose certainty passes a threshold become instance
   pseudo labels, and the two label kinds correct each other:
-  :func:`snap_to_superpoints` and :func:`trim_disagreeing` (semantic -> instance),
-  :func:`paint_proposals` (instance -> semantic).
+  superpoint snapping (:mod:`minkseg.inference.superpoints`, applied to every proposal by
+  the shared :func:`minkseg.inference.predict.scene_proposals`) and
+  :func:`trim_disagreeing` (semantic -> instance), :func:`paint_proposals` (instance -> semantic).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minkseg.config import Config
+from minkseg.config import ClusterConfig, Config
 from minkseg.data.voxelize import UNKNOWN_INSTANCE
-from minkseg.inference.predict import cluster_output, forward_scene
-from minkseg.inference.proposals import recorrect_clusters
+from minkseg.inference.predict import forward_scene, scene_proposals
 from minkseg.models.model import SegmentationModel
 from scannet_tools.io import atomic_path
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID, IGNORE_ID
@@ -55,26 +56,6 @@ def spread_confident_semantics(probs: np.ndarray, superpoint: np.ndarray, thresh
 def keep_certain(certainty: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Indices of the proposals whose certainty is at least ``threshold`` (Table 9's default 0.5)."""
     return np.flatnonzero(np.asarray(certainty) >= threshold)
-
-
-def snap_to_superpoints(mask: np.ndarray, superpoint: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
-    """A proposal becomes the union of the superpoints it covers by more than ``min_fraction``.
-
-    Superpoints never cross object boundaries, so snapping removes ragged borders and
-    fills holes; vertices without a superpoint keep their own membership.
-    """
-    mask = np.asarray(mask, bool)
-    sp = np.asarray(superpoint, dtype=np.int64)
-    has_sp = sp >= 0
-    if not has_sp.any():
-        return mask.copy()
-    n_sp = int(sp.max()) + 1
-    inside = np.bincount(sp[has_sp & mask], minlength=n_sp)
-    total = np.bincount(sp[has_sp], minlength=n_sp)
-    keep_sp = inside > min_fraction * np.maximum(total, 1)
-    out = mask.copy()
-    out[has_sp] = keep_sp[sp[has_sp]]
-    return out
 
 
 def trim_disagreeing(mask: np.ndarray, proposal_class: int, semantic: np.ndarray,
@@ -202,6 +183,13 @@ def summarize_stats(counts: list[dict[str, float]]) -> dict[str, float]:
             "instance_recall": ratio("true_matched", "true_instances")}
 
 
+def pseudo_label_cluster_config(cfg: Config, recorrect: bool) -> ClusterConfig:
+    """``cfg.cluster`` with the two choices pseudo labels always make: masks snapped to
+    superpoints, and Psi's class, certainty and refined mask exactly when ``recorrect``."""
+    return dataclasses.replace(cfg.cluster, superpoints=True, score="psi" if recorrect else "cluster",
+                               psi_refine_mask=recorrect)
+
+
 @torch.no_grad()
 def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, instances: bool,
                        certainty_threshold: float = 0.5, recorrect: bool = False,
@@ -209,12 +197,17 @@ def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, insta
     """A teacher's pseudo labels for one prepared scene (TWIST, supplementary Sec. B).
 
     Semantics: vertices with max class probability > ``selftrain.semantic_threshold``,
-    spread over superpoints. With ``instances`` (rounds >= 2): the teacher's clusters
-    (corrected by Psi when ``recorrect``) with certainty >= ``certainty_threshold`` are
-    snapped to superpoints, trimmed of confidently disagreeing vertices and kept if they
-    still have ``selftrain.min_vertices``; their vertices take their class. Certainty is
-    Psi's (class probability x predicted IoU) or, without Psi, the cluster confidence
-    (mean class probability x seed score). Vertices whose semantic pseudo label is an
+    spread over superpoints. With ``instances`` (rounds >= 2): the teacher's proposals, made
+    by :func:`minkseg.inference.predict.scene_proposals` exactly as evaluate and predict make
+    them under :func:`pseudo_label_cluster_config` (superpoint-snapped; Psi's class, certainty
+    and refined mask when ``recorrect``; ``cluster.taus``/``hypotheses`` as configured), with
+    certainty >= ``certainty_threshold`` are trimmed of confidently disagreeing vertices and
+    kept if they still have ``selftrain.min_vertices``; their vertices take their class.
+    Certainty is Psi's (class probability x predicted IoU) or, without Psi, the cluster
+    confidence (mean class probability x seed score). Proposals may overlap (several taus or
+    class hypotheses); pseudo labels need disjoint instances, so each vertex goes to the most
+    certain kept proposal that covers it (:func:`paint_instances`): a mask's lower class
+    hypotheses lose every vertex to its best one and vanish. Vertices whose semantic pseudo label is an
     instance class but that no kept proposal covers get ``UNKNOWN_INSTANCE``: an object
     the teacher could not delineate is not evidence of "no object there".
     """
@@ -228,16 +221,12 @@ def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, insta
     if not instances:
         return PseudoLabels(semantic, np.full(n, UNKNOWN_INSTANCE, np.int64), np.zeros(0, np.int64),
                             np.zeros(0, np.float32), 0)
-    clusters = cluster_output(out, cfg.cluster)
-    if recorrect:
-        clusters = recorrect_clusters(model, out, f.batch, clusters)
-    vertex_instance = clusters.voxel_instance[inverse].cpu().numpy()
-    classes, certainty = clusters.classes.cpu().numpy(), clusters.scores.cpu().numpy()
+    proposals = scene_proposals(model, f, scene, pseudo_label_cluster_config(cfg, recorrect))
+    classes, certainty = proposals.classes, proposals.scores
     arg, conf = probs.argmax(1), probs.max(1)
     masks, kept_cls, kept_cert = [], [], []
     for k in keep_certain(certainty, certainty_threshold):
-        mask = snap_to_superpoints(vertex_instance == k, superpoint)
-        mask = trim_disagreeing(mask, int(classes[k]), arg, conf, st.semantic_threshold)
+        mask = trim_disagreeing(proposals.masks.mask(k), int(classes[k]), arg, conf, st.semantic_threshold)
         if mask.sum() >= st.min_vertices:
             masks.append(mask)
             kept_cls.append(int(classes[k]))
@@ -246,4 +235,4 @@ def pseudo_label_scene(model: SegmentationModel, scene: dict, cfg: Config, insta
     semantic = paint_proposals(semantic, masks, kept_cls, kept_cert)
     instance[(instance < 0) & (semantic >= FIRST_INSTANCE_TRAIN_ID)] = UNKNOWN_INSTANCE
     return PseudoLabels(semantic, instance, np.asarray(kept_cls, np.int64)[present],
-                        np.asarray(kept_cert, np.float32)[present], clusters.num_instances)
+                        np.asarray(kept_cert, np.float32)[present], proposals.num_proposals)

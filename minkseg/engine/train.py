@@ -30,6 +30,7 @@ from minkseg.engine import distributed
 from minkseg.engine.checkpoint import (
     CHECKPOINT_KEYS,
     RESUME_KEYS,
+    load_backbone,
     load_weights,
     read_checkpoint,
     run_identity,
@@ -72,11 +73,18 @@ class TrainingLoss(torch.nn.Module):
 
 class Trainer:
     """Trains ``cfg`` on its labelled training scenes, or on ``dataset`` when given
-    (self-training rounds); ``init_model`` is a state dict to start from (a teacher)."""
+    (self-training rounds); ``init_model`` is a state dict to start from (a teacher), else
+    ``model.init_backbone`` names a checkpoint whose backbone a new run starts from."""
+
+    #: the model.head values this trainer's loss trains (minkseg pretrain's subclass trains "partition")
+    heads = ("probabilistic", "margin")
 
     def __init__(self, cfg: Config, resume: bool = False, device: str | None = None,
                  dataset: PreparedScenes | None = None, init_model: dict | None = None):
         self.cfg = cfg
+        if cfg.model.head not in self.heads:
+            raise ValueError(f"model.head={cfg.model.head} is not trained by this command (it trains "
+                             f"{' or '.join(self.heads)}); model.head=partition is minkseg pretrain's")
         self.device = resolve_device(device)
         if self.device.type == "cuda":  # e.g. --device cuda:1: the pin-memory thread and ME use the current GPU
             torch.cuda.set_device(self.device)
@@ -86,8 +94,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg).to(self.device)
+        init_record = None
         if init_model is not None:
             self.model.load_state_dict(init_model)
+        elif cfg.model.init_backbone and not resume:  # a resumed run's weights are in last.pth
+            init_record = load_backbone(self.model, cfg.model.init_backbone, self.device)
         # before the optimizer is built: the conversion replaces the batch-norm modules
         self.model = distributed.sync_batchnorm(self.model, self.device)
         self.world = distributed.world_size()
@@ -121,6 +132,8 @@ class Trainer:
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume or choose another name=")
         if distributed.is_main():
             save_config(cfg, self.run_dir / "config.yaml")
+            if init_record is not None:
+                write_json(init_record, self.run_dir / "init_backbone.json")
 
     def _resume_position(self, state: dict) -> None:
         """Where in its epoch a checkpoint stopped, in scenes, so any world size can continue it."""
@@ -242,7 +255,8 @@ class Trainer:
         key = self.cfg.train.select_metric
         value = metrics["semantic"]["mIoU"] if key == "mIoU" else metrics["instance"][key]
         if distributed.is_main():
-            write_json(metrics, self.run_dir / "val" / f"epoch_{self.epoch:04d}.json")
+            # the step makes learning curves comparable across batch sizes, world sizes and resumes
+            write_json({**metrics, "step": self.step}, self.run_dir / "val" / f"epoch_{self.epoch:04d}.json")
             if writer is not None:
                 writer.add_scalar("val/mAP", metrics["instance"]["mAP"], self.step)
                 writer.add_scalar("val/AP50", metrics["instance"]["AP50"], self.step)

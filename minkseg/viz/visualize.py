@@ -1,9 +1,12 @@
-"""``minkseg visualize``: coloured meshes of ground truth and predictions, and an offscreen PNG.
+"""``minkseg visualize``: coloured meshes of ground truth and predictions, and one figure.
 
 For one scene: ``<scene>_{gt_semantic,gt_instance,pred_semantic,pred_instance}.ply`` and,
 for the probabilistic head, ``<scene>_uncertainty.ply`` (mean predicted sigma per vertex,
-the paper's Fig. 5: high near instance boundaries), plus ``<scene>.png`` with all panels
-rendered headless by open3d's OffscreenRenderer.
+the paper's Fig. 5: high near instance boundaries), plus ``<scene>.png``: the input colours
+and every colouring, rendered headless (:mod:`minkseg.viz.render`) from a top-down oblique
+camera fitted to the scene, each panel titled, semantic panels with their class legend, the
+uncertainty with a colour bar stating its limits. PLYs, PNG and viewer share
+:mod:`minkseg.viz.colors`.
 """
 
 from __future__ import annotations
@@ -11,42 +14,35 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from minkseg.inference.partition import is_pretrain_config, predict_partition
 from minkseg.inference.predict import ScenePrediction, predict_scene
+from minkseg.viz.colors import instance_colors, legend_entries, scalar_colors, semantic_colors
+from minkseg.viz.figure import Panel, compose_panels
+from minkseg.viz.render import render_views
 from scannet_tools.io import atomic_path
-from scannet_tools.labels import SEMANTIC_NYU40_IDS
 from scannet_tools.prepare import load_prepared, prepare_scene, prepared_path
 from scannet_tools.reader import read_scene
 
-
-def semantic_colors(nyu40: np.ndarray) -> np.ndarray:
-    """A fixed colour per benchmark class (tab20), grey for everything else."""
-    import matplotlib
-
-    palette = (np.asarray(matplotlib.colormaps["tab20"].colors) * 255).astype(np.uint8)
-    lut = np.full((256, 3), 90, np.uint8)
-    lut[list(SEMANTIC_NYU40_IDS)] = palette[: len(SEMANTIC_NYU40_IDS)]
-    return lut[np.clip(nyu40, 0, 255)]
+#: Rendered size of one view; rows of fewer panels show it larger, so it is rendered generously.
+RENDER_SIZE = (720, 540)
 
 
-def instance_colors(instance: np.ndarray) -> np.ndarray:
-    """A pseudo-random colour per instance id (stable across runs), grey for none (<= 0)."""
-    rng = np.random.default_rng(12345)
-    lut = rng.integers(40, 255, (int(instance.max(initial=0)) + 1, 3)).astype(np.uint8)
-    out = lut[np.maximum(instance, 0)]
-    out[instance <= 0] = 90
-    return out
+@dataclass
+class Colouring:
+    """One way of colouring the scene's vertices, with what its figure panel needs to explain it."""
 
-
-def scalar_colors(values: np.ndarray) -> np.ndarray:
-    import matplotlib
-
-    v = (values - values.min()) / max(float(np.ptp(values)), 1e-12)
-    return (matplotlib.colormaps["viridis"](v)[:, :3] * 255).astype(np.uint8)
+    key: str  # file name part: <scene>_<key>.ply
+    title: str
+    rgb: np.ndarray  # (N, 3) uint8
+    legend: list[tuple[str, tuple[int, int, int]]] | None = None
+    colorbar: tuple[float, float, str, str] | None = None
+    note: str | None = None
 
 
 def write_colored_ply(path: Path, xyz: np.ndarray, faces: np.ndarray, rgb: np.ndarray) -> None:
@@ -61,68 +57,53 @@ def write_colored_ply(path: Path, xyz: np.ndarray, faces: np.ndarray, rgb: np.nd
                  PlyElement.describe(f, "face", len_types={"vertex_indices": "u1"})]).write(str(tmp))
 
 
-def render_pngs(png: Path, plys: list[Path], timeout: float = 300) -> None:
-    """Render coloured PLYs into one PNG in a fresh process.
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 image as PNG, atomically."""
+    from PIL import Image
 
-    open3d's software (llvmpipe) renderer can stall for minutes inside a process whose
-    OpenMP runtime torch and MinkowskiEngine have been using; a clean interpreter renders
-    in seconds, and the timeout keeps a broken GL/Vulkan setup from hanging the caller.
-    """
-    cmd = [sys.executable, "-m", "minkseg.viz.visualize", str(png), *map(str, plys)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0 or not png.is_file():
-        raise RuntimeError(f"offscreen rendering failed: {r.stderr.strip().splitlines()[-1:] or r.returncode}")
-
-
-def _render_main(png: str, *plys: str) -> None:
-    panels, xyz, faces = {}, None, None
-    for p in plys:
-        ply = PlyData.read(p)
-        v = ply["vertex"].data
-        xyz = np.stack([v["x"], v["y"], v["z"]], 1)
-        faces = np.stack(ply["face"].data["vertex_indices"]) if len(ply["face"].data) else np.zeros((0, 3), int)
-        name = Path(p).stem.split("_", 2)[-1].replace("_", " ")
-        panels[name] = np.stack([v["red"], v["green"], v["blue"]], 1)
-    render_panels(xyz, faces, panels, Path(png))
-
-
-def render_panels(xyz: np.ndarray, faces: np.ndarray, panels: dict[str, np.ndarray], path: Path,
-                  size: tuple[int, int] = (480, 360)) -> None:
-    """Render each colouring of the mesh from the same bird's-eye camera; tile them into one PNG."""
-    import open3d as o3d
-    from PIL import Image, ImageDraw
-
-    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
-    renderer = o3d.visualization.rendering.OffscreenRenderer(*size)
-    renderer.scene.set_background([1, 1, 1, 1])
-    mat = o3d.visualization.rendering.MaterialRecord()
-    mat.shader = "defaultUnlit"
-    center = xyz.mean(0)
-    extent = float(np.ptp(xyz, axis=0).max())
-    eye = center + np.array([0.6, -0.9, 1.3]) * extent
-    # All panels go into the scene once and are shown one at a time: clearing the scene and
-    # re-adding geometry between frames stalls the software (llvmpipe) renderer for minutes.
-    for name, rgb in panels.items():
-        mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(xyz.astype(np.float64)),
-                                         o3d.utility.Vector3iVector(faces.astype(np.int32)))
-        mesh.vertex_colors = o3d.utility.Vector3dVector(rgb.astype(np.float64) / 255)
-        renderer.scene.add_geometry(name, mesh, mat)
-    renderer.setup_camera(50.0, center, eye, [0, 0, 1])
-    tiles = []
-    for name in panels:
-        for other in panels:
-            renderer.scene.show_geometry(other, other == name)
-        img = Image.fromarray(np.asarray(renderer.render_to_image()))
-        ImageDraw.Draw(img).text((8, 8), name, fill=(0, 0, 0))
-        tiles.append(np.asarray(img))
-    cols = min(3, len(tiles))
-    rows = -(-len(tiles) // cols)
-    h, w = tiles[0].shape[:2]
-    canvas = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = t[..., :3]
     with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
+        Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG", optimize=True)
+
+
+def scene_colourings(scene: dict, pred: ScenePrediction, input_rgb: np.ndarray) -> list[Colouring]:
+    """The input colours, ground truth and prediction colourings of one prepared scene."""
+    gt_sem = scene["nyu40"].astype(np.int64)
+    gt_inst = scene["instance"].astype(np.int64)  # ScanNet ids from 1, -1 for none
+    pred_inst = np.full(len(gt_sem), -1, np.int64)
+    for k, p in enumerate(sorted(pred.instances, key=lambda p: p.confidence)):  # confident ones on top
+        pred_inst[np.asarray(p.mask, bool)] = k
+    out = [
+        Colouring("input", "Input colours", np.asarray(input_rgb, np.uint8), note="the mesh's vertex colours"),
+        Colouring("gt_semantic", "Ground-truth semantics", semantic_colors(gt_sem), legend=legend_entries(gt_sem)),
+        Colouring("gt_instance", "Ground-truth instances", instance_colors(gt_inst - 1),
+                  note=f"{len(np.unique(gt_inst[gt_inst > 0]))} instances; grey: none"),
+        Colouring("pred_semantic", "Predicted semantics", semantic_colors(pred.semantic_nyu40),
+                  legend=legend_entries(pred.semantic_nyu40)),
+        Colouring("pred_instance", "Predicted instances", instance_colors(pred_inst),
+                  note=f"{len(pred.instances)} instances; grey: none"),
+    ]
+    if pred.uncertainty is not None:
+        u = np.asarray(pred.uncertainty, np.float64)
+        lo, hi = float(np.nanmin(u)), float(np.nanmax(u))
+        out.append(Colouring("uncertainty", "Uncertainty (mean predicted sigma)", scalar_colors(u, lo, hi),
+                             colorbar=(lo, hi, "viridis", "mean sigma per vertex: high near boundaries")))
+    return out
+
+
+def partition_colourings(partition: np.ndarray, input_rgb: np.ndarray, components: int) -> list[Colouring]:
+    """The input colours and the arg-max partition of every vertex (``minkseg pretrain`` checkpoints)."""
+    used = len(np.unique(partition))
+    return [Colouring("input", "Input colours", np.asarray(input_rgb, np.uint8), note="the mesh's vertex colours"),
+            Colouring("partition", "Arg-max pretext partition", instance_colors(partition),
+                      note=f"{used} of J = {components} mixture components hold a vertex")]
+
+
+def render_figure(path: Path, xyz: np.ndarray, faces: np.ndarray | None, colourings: list[Colouring],
+                  size: tuple[int, int] = RENDER_SIZE, columns: int = 3) -> None:
+    """Render each colouring from one fitted camera and write the titled, explained panels as one PNG."""
+    images = render_views(xyz, faces, [c.rgb for c in colourings], size=size)
+    panels = [Panel(c.title, img, c.legend, c.colorbar, c.note) for c, img in zip(colourings, images)]
+    write_png(path, compose_panels(panels, columns=columns))
 
 
 def visualize_scene(model, cfg, scene_dir: Path, label_map: dict[str, int], out: Path, device: str = "cpu",
@@ -133,35 +114,23 @@ def visualize_scene(model, cfg, scene_dir: Path, label_map: dict[str, int], out:
         f = prepared_path(tmp, raw.scene)
         prepare_scene(scene_dir, f, label_map, unknown="otherprop")  # a picture needs no refusal
         scene = load_prepared(f)
-    pred: ScenePrediction = predict_scene(model, scene, cfg, device)
-    pred_inst = np.zeros(len(raw.xyz), np.int64)
-    for k, p in enumerate(sorted(pred.instances, key=lambda p: p.confidence)):  # confident ones on top
-        pred_inst[np.asarray(p.mask, bool)] = k + 1
-    panels = {
-        "ground truth semantic": semantic_colors(scene["nyu40"].astype(np.int64)),
-        "ground truth instances": instance_colors(np.maximum(scene["instance"], 0)),
-        "predicted semantic": semantic_colors(pred.semantic_nyu40),
-        "predicted instances": instance_colors(pred_inst),
-    }
-    if pred.uncertainty is not None:
-        panels["uncertainty (mean sigma)"] = scalar_colors(pred.uncertainty)
+    if is_pretrain_config(cfg):  # a minkseg pretrain checkpoint: what its pretext learned
+        colourings = partition_colourings(predict_partition(model, scene, cfg, device), raw.rgb,
+                                          cfg.pretrain.components)
+    else:
+        pred: ScenePrediction = predict_scene(model, scene, cfg, device)
+        colourings = scene_colourings(scene, pred, raw.rgb)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, rgb in panels.items():
-        key = name.split(" (")[0].replace("ground truth", "gt").replace("predicted", "pred").replace(" ", "_")
-        key = key.replace("instances", "instance")
-        p = out / f"{raw.scene}_{key}.ply"
-        write_colored_ply(p, raw.xyz, raw.faces, rgb)
+    for c in colourings[1:]:  # the input colours are the raw mesh itself
+        p = out / f"{raw.scene}_{c.key}.ply"
+        write_colored_ply(p, raw.xyz, raw.faces, c.rgb)
         written.append(p)
     if png:
         p = out / f"{raw.scene}.png"
         try:
-            render_pngs(p, list(written))
+            render_figure(p, raw.xyz, raw.faces, colourings)
             written.append(p)
         except (RuntimeError, subprocess.TimeoutExpired) as e:  # no GL/Vulkan driver: the PLYs still stand
             print(f"warning: {p} not rendered ({e}); the PLY files are written", file=sys.stderr)
     return written
-
-
-if __name__ == "__main__":  # python -m minkseg.viz.visualize OUT.png A.ply B.ply ...
-    _render_main(*sys.argv[1:])
