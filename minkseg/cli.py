@@ -409,8 +409,9 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from minkseg.demo import run_demo
 
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()] if args.seeds else None
     return run_demo(args.out, scenes=args.scenes, seed=args.seed, small=args.small, epochs=args.epochs,
-                    device=args.device)
+                    device=args.device, seeds=seeds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -701,7 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=8, help="number of synthetic scenes (default: 8)")
     p.add_argument("--epochs", type=int, default=None, help="override the configs' training epochs")
     _add_device_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the scenes and the training (default: 0)")
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                   help="train each head once per training seed (runs <head>_s<seed>; the scenes come from --seed) "
+                        "and report each head's mean and standard deviation; the compare report groups the seeds")
     p.add_argument("--small", action="store_true", help="tiny scenes (for a smoke test)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -22,7 +22,9 @@ def _stage(name: str) -> float:
 
 
 def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = False, epochs: int | None = None,
-             device: str | None = "auto") -> int:
+             device: str | None = "auto", seeds: list[int] | None = None) -> int:
+    """``seed`` makes the scenes and (without ``seeds``) the training; ``seeds`` trains each head once
+    per training seed (runs ``<head>_s<seed>``), and the report gives each head's mean and spread."""
     from minkseg.data.splits import split_scenes
     from minkseg.device import resolve_device
     from minkseg.engine.checkpoint import load_checkpoint
@@ -58,31 +60,33 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
     print(report.summary("exported"), f"\n   {time.time() - t:.1f} s")
 
     runs, metrics, ceilings = {}, {}, {}
-    for head in HEADS:
-        over = [f"data.root={raw}", f"data.prepared={prepared}", f"runs_dir={out / 'runs'}", f"name={head}",
-                f"train.seed={seed}"]
+    train_seeds = seeds or [seed]
+    for head, train_seed in ((h, s) for h in HEADS for s in train_seeds):
+        name = head if seeds is None else f"{head}_s{train_seed}"
+        over = [f"data.root={raw}", f"data.prepared={prepared}", f"runs_dir={out / 'runs'}", f"name={name}",
+                f"train.seed={train_seed}"]
         if epochs is not None:
             over += [f"train.epochs={epochs}", f"train.val_every={epochs}"]
         cfg = load_config(CONFIGS / f"synthetic_{head}.yaml", over)
         t = _stage(f"train {head} head: {cfg.model.backbone}, {cfg.train.epochs} epochs, "
                    f"{cfg.data.voxel_size * 100:.0f} cm voxels -> {cfg.run_dir}")
         trainer = Trainer(cfg, resume=(cfg.run_dir / "last.pth").is_file(), device=device)
-        runs[head] = trainer.fit()
-        print(f"   {time.time() - t:.0f} s, checkpoint {runs[head]}")
-        t = _stage(f"evaluate {head} on the validation scenes")
-        model, cfg, _ = load_checkpoint(runs[head], trainer.device)
-        metrics[head] = evaluate_model(model, cfg, split_scenes(cfg, cfg.data.val_split), trainer.device)
+        runs[name] = trainer.fit()
+        print(f"   {time.time() - t:.0f} s, checkpoint {runs[name]}")
+        t = _stage(f"evaluate {name} on the validation scenes")
+        model, cfg, _ = load_checkpoint(runs[name], trainer.device)
+        metrics[name] = evaluate_model(model, cfg, split_scenes(cfg, cfg.data.val_split), trainer.device)
         if cfg.data.voxel_size not in ceilings:  # the voxel oracle, once per voxel size
             ceilings[cfg.data.voxel_size] = prepared_ceiling(cfg.data.prepared, split_scenes(cfg, cfg.data.val_split),
                                                              cfg.data.voxel_size)
-        metrics[head]["ceiling"] = ceilings[cfg.data.voxel_size]
-        write_json(metrics[head], out / "metrics" / f"{head}.json")
-        print(format_metrics(metrics[head]))
-        print(format_ceiling(metrics[head]["ceiling"]))
-        print(f"   {time.time() - t:.1f} s -> {out / 'metrics' / f'{head}.json'}")
+        metrics[name]["ceiling"] = ceilings[cfg.data.voxel_size]
+        write_json(metrics[name], out / "metrics" / f"{name}.json")
+        print(format_metrics(metrics[name]))
+        print(format_ceiling(metrics[name]["ceiling"]))
+        print(f"   {time.time() - t:.1f} s -> {out / 'metrics' / f'{name}.json'}")
 
     t = _stage("predict a benchmark submission (probabilistic head, validation scenes) and validate it")
-    model, cfg, _ = load_checkpoint(runs["probabilistic"], device)
+    model, cfg, _ = load_checkpoint(next(iter(runs.values())), device)  # the first probabilistic run
     sub = out / "submission"
     val = split_scenes(cfg, cfg.data.val_split)
     predict_submission(model, cfg, prepared, val, sub, device)
@@ -94,7 +98,7 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
         print("   " + p)
 
     t = _stage("compare the two heads on the same scenes")
-    compare_runs([out / "runs" / h for h in HEADS], out / "report", device=device)
+    compare_runs([out / "runs" / name for name in runs], out / "report", device=device)
     print(f"   {time.time() - t:.1f} s -> {out / 'report' / 'report.md'}")
 
     t = _stage("visualize a validation scene")
@@ -103,10 +107,19 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
     print(f"   {files[-1]}")
 
     print(f"\ndone in {time.time() - t_all:.0f} s\n")
-    print(f"{'head':<16}{'mAP':>8}{'AP50':>8}{'AP25':>8}{'mIoU':>8}")
-    for head in HEADS:
-        i, s = metrics[head]["instance"], metrics[head]["semantic"]
-        print(f"{head:<16}{i['mAP']:>8.3f}{i['AP50']:>8.3f}{i['AP25']:>8.3f}{s['mIoU']:>8.3f}")
+    print(f"{'run':<20}{'mAP':>8}{'AP50':>8}{'AP25':>8}{'mIoU':>8}")
+    for name, m in metrics.items():
+        i, s = m["instance"], m["semantic"]
+        print(f"{name:<20}{i['mAP']:>8.3f}{i['AP50']:>8.3f}{i['AP25']:>8.3f}{s['mIoU']:>8.3f}")
+    if seeds is not None and len(seeds) > 1:
+        from minkseg.viz.compare import mean_std
+
+        for head in HEADS:  # mean and sample standard deviation over the training seeds
+            rows = [metrics[f"{head}_s{s}"] for s in seeds]
+            cells = [mean_std([r["semantic" if k == "mIoU" else "instance"][k] for r in rows])
+                     for k in ("mAP", "AP50", "AP25", "mIoU")]
+            print(f"{head + ' mean':<20}" + "".join(f"{m:>8.3f}" for m, _ in cells))
+            print(f"{head + ' std':<20}" + "".join(f"{sd:>8.3f}" for _, sd in cells))
     for c in {m["ceiling"]["voxel_size"]: m["ceiling"] for m in metrics.values()}.values():
         label = f"ceiling {100 * c['voxel_size']:g} cm"  # the voxel oracle: what this voxel size allows
         print(f"{label:<16}{c['mAP']:>8.3f}{c['AP50']:>8.3f}{c['AP25']:>8.3f}{c['mIoU']:>8.3f}")

@@ -194,3 +194,16 @@ def test_demo_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert list((out / "visualize").glob("*_pred_instance.ply"))
     # a second run resumes: nothing is retrained
     assert main(["demo", "--out", str(out), "--scenes", "3", "--small", "--epochs", "1"]) == 0
+
+
+def test_demo_with_several_training_seeds_reports_each_head_over_seeds(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--scenes", "3", "--small", "--epochs", "1", "--seeds", "0,1"]) == 0
+    text = capsys.readouterr().out
+    for head in ("probabilistic", "margin"):
+        per_seed = [json.loads((out / "metrics" / f"{head}_s{s}.json").read_text())["instance"]["AP50"] for s in (0, 1)]
+        mean_line = next(line for line in text.splitlines() if line.startswith(f"{head} mean"))
+        assert float(mean_line.split()[3]) == pytest.approx(np.mean(per_seed), abs=6e-4)  # columns: name, mAP, AP50
+        assert any(line.startswith(f"{head} std") for line in text.splitlines())
+    report = (out / "report" / "report.md").read_text()
+    assert "Settings over seeds" in report and "probabilistic_s0, probabilistic_s1" in report

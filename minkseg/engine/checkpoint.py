@@ -32,7 +32,10 @@ def run_identity(config: dict) -> dict:
     The dict goes through :class:`Config` first, so options added to minkseg after the
     checkpoint was written take their defaults on both sides and such a run still resumes.
     """
-    out = to_dict(from_dict(Config, copy.deepcopy(config)))
+    try:
+        out = to_dict(from_dict(Config, copy.deepcopy(config)))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"the stored config is not valid ({e})") from None
     for k in RUNTIME_KEYS:
         out.get("train", {}).pop(k, None)
     return out
@@ -175,7 +178,7 @@ def load_backbone(model: torch.nn.Module, path: str | Path, device: torch.device
     import hashlib
 
     path = Path(path)
-    state = read_checkpoint(path, device)
+    state = read_checkpoint(path, "cpu")  # only the backbone goes to the model; optimizer state stays off the GPU
     weights = state["model"]
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: the 'model' entry is a {type(weights).__name__}, not a state dict")

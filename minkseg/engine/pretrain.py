@@ -29,7 +29,7 @@ from minkseg.data.voxelize import VoxelBatch
 from minkseg.engine import distributed
 from minkseg.engine.train import Trainer
 from minkseg.evaluation.evaluate import write_json
-from minkseg.inference.predict import forward_scene
+from minkseg.inference.predict import forward_pass
 from minkseg.losses.gmm import batch_partition_nll
 from scannet_tools.prepare import prepared_path
 
@@ -130,9 +130,10 @@ class Pretrainer(Trainer):
         files = [prepared_path(self.cfg.data.prepared, self.val_scenes[i]) for i in mine]
         values = []
         for scene in iterate_prepared(files, self.workers):
-            f = forward_scene(self.model, scene, self.cfg, self.device)
-            values.append(float(batch_partition_nll(pretext_points(f.batch, self.cfg), f.out, [len(f.batch.coords)],
-                                                    self.floor)))
+            f = forward_pass(self.model, scene, self.cfg, self.device)
+            values.append(batch_partition_nll(pretext_points(f.batch, self.cfg), f.out, [len(f.batch.coords)],
+                                              self.floor))
+        values = torch.stack(values).tolist() if values else []  # one host sync for all scenes
         self.model.train()
         gathered = [v for part in distributed.all_gather(values) for v in part]
         return sum(gathered) / max(len(gathered), 1)

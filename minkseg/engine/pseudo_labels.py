@@ -184,10 +184,12 @@ def summarize_stats(counts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def pseudo_label_cluster_config(cfg: Config, recorrect: bool) -> ClusterConfig:
-    """``cfg.cluster`` with the two choices pseudo labels always make: masks snapped to
-    superpoints, and Psi's class, certainty and refined mask exactly when ``recorrect``."""
+    """``cfg.cluster`` with the choices pseudo labels always make: masks snapped to superpoints,
+    Psi's class, certainty and refined mask exactly when ``recorrect``, and one class per mask
+    (a pseudo instance has one class; a second hypothesis of the same mask would survive
+    :func:`trim_disagreeing` as a fragment of the wrong class)."""
     return dataclasses.replace(cfg.cluster, superpoints=True, score="psi" if recorrect else "cluster",
-                               psi_refine_mask=recorrect)
+                               psi_refine_mask=recorrect, hypotheses=1)
 
 
 @torch.no_grad()

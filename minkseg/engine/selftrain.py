@@ -126,7 +126,8 @@ class SelfTraining:
         if (out / "stats.json").is_file():
             return out
         out.mkdir(parents=True, exist_ok=True)
-        teacher, _, _ = load_checkpoint(self.root / f"round_{r - 1}" / "last.pth", self.device)
+        # the round's own cluster settings label (round_config), not a tuned.yaml placed in its folder
+        teacher, _, _ = load_checkpoint(self.root / f"round_{r - 1}" / "last.pth", self.device, tuned=False)
         teacher_cfg = round_config(self.cfg, r - 1)
         instances, threshold = r >= 2, certainty_threshold(self.cfg, r)
         recorrect = instances and teacher.recorrector is not None

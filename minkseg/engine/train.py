@@ -30,6 +30,7 @@ from minkseg.engine import distributed
 from minkseg.engine.checkpoint import (
     CHECKPOINT_KEYS,
     RESUME_KEYS,
+    CheckpointError,
     load_backbone,
     load_weights,
     read_checkpoint,
@@ -119,7 +120,11 @@ class Trainer:
             if not last.is_file():
                 raise FileNotFoundError(f"{last}: nothing to resume")
             state = read_checkpoint(last, self.device, CHECKPOINT_KEYS + RESUME_KEYS)
-            if run_identity(state["config"]) != run_identity(to_dict(cfg)):
+            try:
+                same = run_identity(state["config"]) == run_identity(to_dict(cfg))
+            except CheckpointError as e:
+                raise CheckpointError(f"{last}: {e}") from None
+            if not same:
                 raise ValueError(f"{last}: the run was started with a different config; resume with the same one")
             load_weights(self.model, state["model"], last)
             self.optimizer.load_state_dict(state["optimizer"])

@@ -39,7 +39,7 @@ def class_hypotheses(class_probs: torch.Tensor, classes: torch.Tensor, scores: t
     order = torch.sort(rank_key, dim=1, descending=True, stable=True).indices[:, :max_hypotheses]
     p = class_probs.gather(1, order)
     p_own = p[:, :1]
-    keep = (p >= threshold) & (p_own > 0)
+    keep = (p >= threshold) & (p > 0) & (p_own > 0)  # a class of probability 0 is no hypothesis, even at threshold 0
     keep[:, 0] = True
     ratio = torch.where(p_own > 0, p / torch.where(p_own > 0, p_own, torch.ones_like(p_own)), torch.zeros_like(p))
     ratio[:, 0] = 1.0  # the own class keeps its score exactly

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from minkseg.config import Config
-from minkseg.inference.predict import forward_scene
+from minkseg.inference.predict import forward_pass
 
 
 def is_pretrain_config(cfg: Config) -> bool:
@@ -21,5 +21,5 @@ def predict_partition(model: torch.nn.Module, scene: dict, cfg: Config, device: 
     if not is_pretrain_config(cfg):
         raise ValueError(f"model.head={cfg.model.head}: partitions come from a minkseg pretrain checkpoint "
                          "(model.head=partition)")
-    f = forward_scene(model, scene, cfg, device)
+    f = forward_pass(model, scene, cfg, device)  # no test-time augmentation: partitions are per pose
     return f.out.argmax(1)[f.inverse].cpu().numpy().astype(np.int64)

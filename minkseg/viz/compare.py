@@ -163,7 +163,7 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
     ``thumbnails`` scenes (the first of the split) get rendered thumbnails and, with
     ``viewer``, a 3D viewer bundle under ``out/viewer``.
     """
-    from minkseg.config import to_dict
+    from minkseg.config import Config, from_dict, to_dict
     from minkseg.data.splits import split_scenes
     from minkseg.device import resolve_device
     from minkseg.engine.checkpoint import load_checkpoint
@@ -191,7 +191,9 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
         if root:
             cfg.data.root = root
         first_cfg = first_cfg or cfg
-        configs[label] = to_dict(cfg)
+        # seeds are grouped by the configs they were trained with: tuned.yaml may set each seed's thresholds apart
+        configs[label] = to_dict(from_dict(Config, state["config"]))
+        configs[label]["data"].update(prepared=cfg.data.prepared, root=cfg.data.root)
         epoch, step = state.get("epoch"), state.get("step")
         curves[label] = learning_curve(ckpt.parent, step / epoch if epoch and step else None)
         names = split_scenes(cfg, split or cfg.data.val_split)
@@ -220,7 +222,8 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
 
         export_viewer([Path(r) for r in runs], out / "viewer", scenes=list(thumb_scenes),
                       split=split or first_cfg.data.val_split, device=str(device),
-                      prepared=Path(prepared) if prepared else None, root=Path(root) if root else None)
+                      prepared=Path(prepared) if prepared else None, root=Path(root) if root else None,
+                      tuned=tuned)
     write_index_html(out, results, scenes, curves, groups, thumbs, viewer=viewer and bool(thumb_scenes))
     return results
 
