@@ -113,19 +113,24 @@ def evaluate_options(ckpt: Path, options: dict[str, list[str]], device: str) -> 
 
 
 def table(results: dict, heads: list[str], names: list[str]) -> str:
-    rows = ["| head | option | mAP | AP50 | AP25 | mIoU | ms / scene |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    """Mean ± sample std (ddof=1) over seeds, and each option's paired mAP difference to the baseline."""
+    rows = ["| head | option | mAP | AP50 | AP25 | mIoU | mAP - baseline (paired) | ms / scene |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for head in heads:
+        seeds = [key for key in results if key[0] == head]
         for name in names:
-            per_seed = [r[name] for (h, _), r in results.items() if h == head and name in r]
+            per_seed = [results[key][name] for key in seeds if name in results[key]]
             if not per_seed:
                 continue
             cells = []
             for k in ("mAP", "AP50", "AP25", "mIoU"):
                 v = 100 * np.array([r[k] for r in per_seed])
-                cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
+                cells.append(f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else float('nan'):.1f}")
+            d = 100 * np.array([results[key][name]["mAP"] - results[key]["baseline"]["mAP"]
+                                for key in seeds if name in results[key]])
+            delta = "" if name == "baseline" else f"{d.mean():+.1f} ± {d.std(ddof=1) if len(d) > 1 else 0:.1f}"
             ms = 1000 * np.mean([r["seconds"] for r in per_seed])
-            rows.append(f"| {head} | {name} | {' | '.join(cells)} | {ms:.0f} |")
+            rows.append(f"| {head} | {name} | {' | '.join(cells)} | {delta} | {ms:.0f} |")
     return "\n".join(rows)
 
 
@@ -143,7 +148,16 @@ def main() -> None:
     p.add_argument("--val-every", type=int, default=10)
     p.add_argument("--options", nargs="+", default=None, help=f"subset of {sorted(OPTIONS)}")
     p.add_argument("--device", default="auto")
+    p.add_argument("--table-only", action="store_true", help="rebuild OUT/ablation.md from OUT/ablation.json")
     args = p.parse_args()
+    if args.table_only:
+        saved = json.loads((args.out / "ablation.json").read_text())
+        results = {tuple(k.rsplit("_s", 1)[:1]) + (int(k.rsplit("_s", 1)[1]),): v for k, v in saved.items()}
+        names = list(dict.fromkeys(n for r in results.values() for n in r))
+        md = table(results, [h for h in args.heads if any(k[0] == h for k in results)], names)
+        (args.out / "ablation.md").write_text(md + "\n")
+        print(md)
+        return
 
     from minkseg.device import resolve_device
     from scannet_tools.prepare import prepare_all

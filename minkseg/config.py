@@ -71,10 +71,12 @@ class ClusterConfig:
     seed_threshold: float = 0.5
     min_size: int = 20  # voxels
     # proposal options (minkseg.inference.predict.scene_proposals), applied alike in evaluate, predict and
-    # pseudo labels; the defaults are the single greedy pass ranked by mean class probability x seed score
+    # pseudo labels; the defaults: one greedy pass ranked by mean class probability x seed score, superpoint-snapped
     score: str = "cluster"  # cluster | psi: rank by Psi's class probability x predicted IoU, take its class
     psi_refine_mask: bool = False  # with score=psi: keep only the members Psi's mask accepts
-    superpoints: bool = False  # snap each mask to the scene's superpoints (majority rule, inference.superpoints)
+    # snap each mask to the scene's superpoints (majority rule, inference.superpoints); on by default: the
+    # ablation (README) found +2.5 mAP for the probabilistic and +3 for the margin head, beyond the seed spread
+    superpoints: bool = True
     hypotheses: int = 1  # classes per mask: the best plus up to hypotheses-1 more with probability >= threshold
     hypothesis_threshold: float = 0.1
     taus: list[float] = field(default_factory=list)  # several kernel thresholds for the model's head ([]: one tau)

@@ -99,7 +99,7 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
 
     t = _stage("compare the two heads on the same scenes")
     compare_runs([out / "runs" / name for name in runs], out / "report", device=device)
-    print(f"   {time.time() - t:.1f} s -> {out / 'report' / 'report.md'}")
+    print(f"   {time.time() - t:.1f} s -> {out / 'report' / 'index.html'}, viewer {out / 'report' / 'viewer'}")
 
     t = _stage("visualize a validation scene")
     files = visualize_scene(model, cfg, raw / "scans" / val[0], read_label_table(table), out / "visualize",
@@ -125,5 +125,7 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
         print(f"{label:<16}{c['mAP']:>8.3f}{c['AP50']:>8.3f}{c['AP25']:>8.3f}{c['mIoU']:>8.3f}")
     print(f"\nraw scenes    {raw / 'scans'}\nprepared      {prepared}\nground truth  {gt}\n"
           f"runs          {out / 'runs'}  (tensorboard --logdir {out / 'runs'})\nmetrics       {out / 'metrics'}\n"
-          f"submission    {sub}\nreport        {out / 'report' / 'report.md'}\nvisualization {out / 'visualize'}")
+          f"submission    {sub}\nreport        {out / 'report' / 'index.html'} (+ report.md)\n"
+          f"3D viewer     {out / 'report' / 'viewer' / 'index.html'}  (minkseg view {out / 'runs' / '*'} --serve)\n"
+          f"visualization {out / 'visualize'}")
     return 0
