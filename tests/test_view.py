@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minkseg.inference.masks import paint_by_confidence
 from minkseg.viz.colors import SEMANTIC_LUT, instance_palette
 from minkseg.viz.view import (
     ERROR_CATEGORIES,
@@ -23,7 +24,6 @@ from minkseg.viz.view import (
     decimation,
     error_categories,
     export_viewer,
-    paint_by_confidence,
     prediction_layers,
     rgb_layer,
     scene_payload,

@@ -24,6 +24,7 @@ import torch
 
 from minkseg.config import ClusterConfig, Config
 from minkseg.data.voxelize import UNKNOWN_INSTANCE
+from minkseg.inference.masks import paint_by_confidence
 from minkseg.inference.predict import forward_scene, scene_proposals
 from minkseg.models.model import SegmentationModel
 from scannet_tools.io import atomic_path
@@ -96,9 +97,7 @@ def paint_instances(num_vertices: int, masks: list[np.ndarray], certainty: list[
     Where masks overlap the more certain one wins (as in :func:`paint_proposals`); a mask
     left with no vertex disappears and the ids are renumbered 0..K'-1 in mask order.
     """
-    owner = np.full(num_vertices, -1, np.int64)
-    for k in np.argsort(certainty, kind="stable"):
-        owner[np.asarray(masks[k], bool)] = k
+    owner = paint_by_confidence(num_vertices, masks, certainty)
     present, compact = np.unique(owner[owner >= 0], return_inverse=True)
     out = np.full(num_vertices, -1, np.int64)
     out[owner >= 0] = compact

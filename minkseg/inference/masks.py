@@ -95,3 +95,16 @@ def mask_nms(iou: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.nd
         kept.append(i)
         suppressed |= iou[i] > iou_threshold
     return np.asarray(kept, np.int64)
+
+
+def paint_by_confidence(num_vertices: int, masks: list[np.ndarray], confidence) -> np.ndarray:
+    """(N,) index of the most confident mask covering each point, -1 where none does.
+
+    Masks may overlap (several taus, class hypotheses, submissions); where they do, the more
+    confident one wins (ties: the later mask). Used for pseudo labels, which must be disjoint,
+    and for pictures of overlapping predictions.
+    """
+    out = np.full(num_vertices, -1, np.int64)
+    for k in np.argsort(np.asarray(list(confidence), np.float64), kind="stable"):  # most confident painted last
+        out[np.asarray(masks[k]) != 0] = k
+    return out

@@ -169,6 +169,7 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
     from minkseg.engine.checkpoint import load_checkpoint
     from minkseg.evaluation.model_eval import evaluate_model
     from minkseg.evaluation.oracle import prepared_ceiling
+    from minkseg.inference.masks import paint_by_confidence
     from minkseg.inference.predict import predict_scene
     from minkseg.viz.colors import instance_colors
     from scannet_tools.prepare import load_prepared, prepared_path
@@ -209,9 +210,8 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
             scene = load_prepared(prepared_path(cfg.data.prepared, scene_id))
             entry = thumb_scenes.setdefault(scene_id, _thumb_scene(scene, Path(cfg.data.root)))
             pred = predict_scene(model, scene, cfg, device)
-            ids = np.full(len(scene["xyz"]), -1, np.int64)
-            for k, p in enumerate(sorted(pred.instances, key=lambda p: p.confidence)):  # confident ones on top
-                ids[np.asarray(p.mask, bool)] = k
+            ids = paint_by_confidence(len(scene["xyz"]), [p.mask for p in pred.instances],
+                                      [p.confidence for p in pred.instances])
             entry["colours"][label] = instance_colors(ids)
     scenes = scenes or []
     groups = group_seeds(configs)

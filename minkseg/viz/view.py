@@ -23,12 +23,12 @@ import gzip
 import json
 import shutil
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from minkseg.inference.masks import paint_by_confidence
 from minkseg.viz.colors import NONE_RGB, SEMANTIC_LUT, instance_palette, scalar_colors
 from scannet_tools.io import write_text_atomic
 from scannet_tools.labels import (
@@ -101,15 +101,6 @@ def best_match_iou(masks: list[np.ndarray], gt_instance: np.ndarray) -> tuple[np
         best[k] = int(np.argmax(ious))
         iou[k] = float(ious[best[k]])
     return best, iou
-
-
-def paint_by_confidence(num_vertices: int, masks: list[np.ndarray], confidence: Iterable[float]) -> np.ndarray:
-    """(N,) index of the most confident mask covering each vertex, -1 where none does
-    (submission masks may overlap; the one a reader trusts most is shown)."""
-    out = np.full(num_vertices, -1, np.int64)
-    for k in np.argsort(np.asarray(list(confidence), np.float64), kind="stable"):  # most confident painted last
-        out[np.asarray(masks[k]) != 0] = k
-    return out
 
 
 def error_categories(gt_nyu40: np.ndarray, gt_instance: np.ndarray, pred_nyu40: np.ndarray | None,
