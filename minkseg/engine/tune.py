@@ -90,13 +90,13 @@ def searchable_keys(cfg: Config) -> list[str]:
     config's predictions. The head's tau unless ``cluster.taus`` (several taus merged by NMS)
     replaces it; the seed threshold with greedy grouping (mean shift has no seeds); the minimum
     size; ``hypothesis_threshold`` when ``cluster.hypotheses`` > 1 (with one class per mask it
-    is unused) and this version's :class:`ClusterConfig` has it."""
+    is unused)."""
     c = cfg.cluster
-    keys = [] if getattr(c, "taus", None) else [tau_key(cfg)]
-    if getattr(c, "grouping", "greedy") == "greedy":
+    keys = [] if c.taus else [tau_key(cfg)]
+    if c.grouping == "greedy":
         keys.append("seed_threshold")
     keys.append("min_size")
-    if hasattr(c, "hypothesis_threshold") and getattr(c, "hypotheses", 1) > 1:
+    if c.hypotheses > 1:
         keys.append("hypothesis_threshold")
     return keys
 

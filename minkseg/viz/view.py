@@ -489,22 +489,14 @@ class CheckpointSource(Source):
         data = self._prepared(scene)
         if data is None or len(data["xyz"]) != len(geo.xyz):
             return []
-        partition = _partition_hook()
-        if partition is not None and partition[0](self.cfg):  # a pretraining run: its partition only
-            return [partition_layer(self.label, partition[1](self.model, data, self.cfg, device))]
+        from minkseg.inference.partition import is_pretrain_config, predict_partition
+
+        if is_pretrain_config(self.cfg):  # a pretraining run: its partition only
+            return [partition_layer(self.label, predict_partition(self.model, data, self.cfg, device))]
         pred = predict_scene(self.model, data, self.cfg, device)
         inst = PredictedInstances([p.mask for p in pred.instances], [p.label_id for p in pred.instances],
                                   [p.confidence for p in pred.instances])
         return prediction_layers(self.label, geo, pred.semantic_nyu40, inst, pred.uncertainty)
-
-
-def _partition_hook():
-    """(is_pretrain_config, predict_partition) of ``minkseg.inference.partition`` where that module exists."""
-    try:
-        from minkseg.inference import partition
-    except ImportError:
-        return None
-    return partition.is_pretrain_config, partition.predict_partition
 
 
 class SubmissionSource(Source):
