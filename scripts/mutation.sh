@@ -10,7 +10,8 @@
 #
 # Not part of the default install or CI: mutmut comes from the `mutation` extra of
 # pyproject.toml and is installed into .venv on first use.
-# Environment: MUTATION_JOBS (parallel mutants, default min(2, nproc)), PYTHON (default .venv/bin/python).
+# Environment: MUTATION_JOBS (parallel mutants, default min(2, nproc)), PYTHON (default .venv/bin/python),
+# MUTATION_TIMEOUT_MULTIPLIER (mutmut's timeout_multiplier, default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -66,6 +67,9 @@ for module in "${MODULES[@]}"; do
         echo "    configs"
         echo "pytest_add_cli_args_test_selection ="
         for t in $tests; do echo "    $t"; done
+        # mutmut's default (15) lets a mutant stuck in an endless loop burn 30x the tests' CPU
+        # time before it counts as "timed out"; a timeout is a catch either way
+        echo "timeout_multiplier = ${MUTATION_TIMEOUT_MULTIPLIER:-3}"
         echo "pytest_add_cli_args ="
         echo "    -m"
         echo "    not slow"

@@ -70,8 +70,11 @@ def main() -> None:
     if os.sep in args.mutmut:  # it runs inside --work, so a relative path would point elsewhere
         args.mutmut = str(Path(args.mutmut).resolve())
 
-    module_prefix = args.module.removesuffix(".py").replace("/", ".") + "."
-    statuses = {n: s for n, s in mutmut_results(args.work, args.mutmut).items() if n.startswith(module_prefix)}
+    # a package's __init__.py mutants are named after the package (minkseg.losses.x_f__mutmut_1);
+    # the "no further dot" test keeps its submodules' mutants out
+    module_prefix = args.module.removesuffix(".py").removesuffix("/__init__").replace("/", ".") + "."
+    statuses = {n: s for n, s in mutmut_results(args.work, args.mutmut).items()
+                if n.startswith(module_prefix) and "." not in n[len(module_prefix):]}
     equivalents = read_equivalents(args.equivalents)
     row = dict.fromkeys(COLUMNS, 0)
     survivors = []
@@ -86,7 +89,8 @@ def main() -> None:
         row[column] += 1
         if column in ("survived", "other"):
             survivors.append((name, status))
-    for name in sorted(n for n in equivalents if n.startswith(module_prefix) and n not in statuses):
+    for name in sorted(n for n in equivalents if n.startswith(module_prefix)
+                       and "." not in n[len(module_prefix):] and n not in statuses):
         print(f"warning: {args.equivalents}: {name} is not a mutant of {args.module} any more; re-check the entry")
     row["seconds"] = round(args.seconds)
 

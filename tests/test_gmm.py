@@ -121,3 +121,118 @@ def test_mixture_fitting_its_clusters_beats_a_mixed_up_one(dtype):
     good = torch.cat([torch.tensor([[9.0, -9.0]]).expand(40, 2), torch.tensor([[-9.0, 9.0]]).expand(40, 2)]).to(dtype)
     shuffled = good[torch.randperm(80)]
     assert partition_nll(p, good, 1e-4) < partition_nll(p, shuffled, 1e-4) - 1.0
+
+
+def nll_by_hand(p: np.ndarray, logits: np.ndarray, floor: float) -> float:
+    """Eqs. 2-10 point by point in float64 numpy, with an explicit inverse and determinant."""
+    n, d = p.shape
+    gamma = np.exp(logits - logits.max(1, keepdims=True))
+    gamma /= gamma.sum(1, keepdims=True)  # softmax over the partitions of each point
+    total = 0.0
+    for i in range(n):
+        density = 0.0
+        for j in range(logits.shape[1]):
+            mass = gamma[:, j].sum()
+            mu = (gamma[:, j, None] * p).sum(0) / mass
+            cov = sum(gamma[k, j] * np.outer(p[k] - mu, p[k] - mu) for k in range(n)) / mass + floor * np.eye(d)
+            diff = p[i] - mu
+            density += mass / n * np.exp(-0.5 * diff @ np.linalg.inv(cov) @ diff) / np.sqrt(
+                (2 * np.pi) ** d * np.linalg.det(cov))
+        total -= np.log(density)
+    return total / n
+
+
+def test_partition_nll_by_hand_with_soft_asymmetric_partitions(dtype):
+    """Three points, two partitions with different soft memberships: the softmax is over each
+    point's partitions (a softmax over the points would give other weights)."""
+    p = np.array([[0.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.5, -1.0, 1.0]])
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.5]])
+    expected = nll_by_hand(p, logits, 0.3)
+    ours = partition_nll(torch.tensor(p, dtype=dtype), torch.tensor(logits, dtype=dtype), 0.3)
+    assert ours.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_gaussian_by_hand(dtype):
+    """One partition: the maximum-likelihood Gaussian of the points plus the floor. Points (0,0,0) and
+    (2,0,0), floor 0.5: mean (1,0,0), Sigma = diag(1.5, 0.5, 0.5), each point 1 / 1.5 Mahalanobis."""
+    p = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    expected = 0.5 * (3 * math.log(2 * math.pi) + math.log(1.5 * 0.25) + 1 / 1.5)
+    assert partition_nll(p, torch.zeros(2, 1), 0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_log_density_of_a_correlated_gaussian_by_hand(dtype):
+    """Sigma = [[2, 1, 0], [1, 2, 0], [0, 0, 1]]: det 3, Sigma^-1's 2x2 block [[2, -1], [-1, 2]] / 3, so
+    the Mahalanobis term of (x, y, z) is (2x^2 - 2xy + 2y^2) / 3 + z^2 (a triangular solve with the
+    wrong triangle would give another value for a non-diagonal Sigma)."""
+    cov = torch.tensor([[[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]]])
+    mix = Mixture(torch.zeros(1), torch.tensor([[1.0, 0.0, -1.0]]), cov)
+    x = torch.tensor([[2.0, -1.0, 0.0], [1.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    for row, value in zip(x.tolist(), mixture_log_likelihood(x, mix).tolist()):
+        dx, dy, dz = row[0] - 1, row[1], row[2] + 1
+        maha = (2 * dx * dx - 2 * dx * dy + 2 * dy * dy) / 3 + dz * dz
+        assert value == pytest.approx(-0.5 * (3 * math.log(2 * math.pi) + math.log(3.0) + maha), rel=1e-5)
+
+
+def test_log_likelihood_in_two_dimensions(dtype):
+    """D = 2: the normalisation is (2 pi)^(D/2) with this D, not 3."""
+    mix = Mixture(torch.zeros(1), torch.zeros(1, 2), torch.eye(2)[None] * 4)
+    ll = mixture_log_likelihood(torch.tensor([[2.0, 0.0]]), mix).item()
+    assert ll == pytest.approx(-0.5 * (2 * math.log(2 * math.pi) + 2 * math.log(4.0) + 1.0), rel=1e-6)
+
+
+def test_one_point_and_an_empty_component_by_hand(dtype):
+    """One point: weight 1 (log 0) for its component; a component with no mass keeps mean 0, the floor as
+    covariance and log weight log(1e-30) - log N instead of -inf."""
+    p = torch.tensor([[1.0, 2.0, 3.0]])
+    m = mixture_from_partitions(p, torch.tensor([[1.0, 0.0]]), floor=0.2)
+    assert m.log_weights[0].item() == 0
+    assert m.log_weights[1].item() == pytest.approx(math.log(1e-30), rel=1e-6)
+    assert m.means.tolist() == [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
+    torch.testing.assert_close(m.covariances, 0.2 * torch.eye(3).expand(2, 3, 3))
+    two = mixture_from_partitions(torch.cat([p, p]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]), floor=0.2)
+    assert two.log_weights.tolist() == pytest.approx([0.0, math.log(1e-30) - math.log(2)], rel=1e-6)
+    # a one-point scene's likelihood: the floor's Gaussian at its mean
+    expected = 0.5 * (3 * math.log(2 * math.pi) + 3 * math.log(0.2))
+    assert partition_nll(p, torch.tensor([[0.0, -1e4]]), 0.2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_per_axis_floor(dtype):
+    p = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    m = mixture_from_partitions(p, torch.ones(2, 1), torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(m.covariances[0], torch.diag(torch.tensor([0.1, 0.2, 0.3])))
+
+
+def test_batch_skips_empty_scenes_and_checks_every_length(dtype):
+    torch.manual_seed(0)
+    p, s = torch.rand(30, 3, dtype=dtype), torch.randn(30, 5, dtype=dtype)
+    with_empty = batch_partition_nll(p, s, [0, 12, 0, 18], 0.01)
+    assert with_empty.item() == pytest.approx(batch_partition_nll(p, s, [12, 18], 0.01).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="30 points, 29 logit rows"):
+        batch_partition_nll(p, s[:29], [12, 18], 0.01)
+
+
+def test_mixture_follows_the_inputs_device_and_dtype(dtype):
+    """With the default device elsewhere ("meta", standing in for a GPU/CPU mismatch) and a float64
+    floor, the mixture and the likelihood keep the points' device and dtype (float32 in training)."""
+    torch.manual_seed(0)
+    p, s = torch.rand(12, 3, dtype=dtype), torch.randn(12, 4, dtype=dtype)
+    floor = torch.tensor([0.01, 0.02, 0.03], dtype=torch.float64)
+    expected = partition_nll(p, s, floor)
+    with torch.device("meta"):
+        m = mixture_from_partitions(p, torch.softmax(s, 1), floor)
+        nll = partition_nll(p, s, floor)
+        scalar_floor = mixture_from_partitions(p, torch.softmax(s, 1), 0.01)
+    assert m.covariances.device.type == "cpu" and m.covariances.dtype == dtype
+    assert scalar_floor.covariances.device.type == "cpu" and scalar_floor.covariances.dtype == dtype
+    assert nll.device.type == "cpu" and nll.dtype == dtype and nll.item() == expected.item()
+    ll = mixture_log_likelihood(p, m)
+    assert ll.dtype == dtype
+
+
+def test_covariances_are_exactly_symmetric(dtype):
+    """Cholesky reads one triangle only: Eq. 7's matrix is symmetrised so that rounding in the
+    product cannot make the two triangles (and so the factor used) disagree."""
+    torch.manual_seed(1)
+    p = torch.randn(50, 3, dtype=dtype) * torch.tensor([3.0, 0.1, 7.0], dtype=dtype)
+    m = mixture_from_partitions(p, torch.softmax(torch.randn(50, 6, dtype=dtype), 1), 1e-3)
+    assert torch.equal(m.covariances, m.covariances.transpose(1, 2))

@@ -17,6 +17,7 @@ from minkseg.losses.kernels import (
     log_beta,
     log_bhattacharyya_kernel,
     log_sigma_bound,
+    straight_through_clamp,
 )
 
 
@@ -178,3 +179,106 @@ def test_instance_distribution_with_extreme_sigmas_is_finite(dtype):
     # the mean of the variances is dominated by the largest: 0.5 log(e^160 / 3), and exact for equal ones
     assert ls_hat[0, 0].item() == pytest.approx(80 - 0.5 * math.log(3), rel=1e-5)
     assert ls_hat[1, 0].item() == pytest.approx(-80, rel=1e-6)
+
+
+def test_log_sigma_bound_is_an_eighth_of_the_largest_log(dtype):
+    assert log_sigma_bound(torch.float32) == pytest.approx(88.72283905206835 / 8, rel=1e-12)
+    assert log_sigma_bound(torch.float64) == pytest.approx(709.782712893384 / 8, rel=1e-12)
+    assert log_sigma_bound(dtype) == math.log(torch.finfo(dtype).max) / 8
+
+
+def test_straight_through_clamp_forward_is_clamped_backward_is_identity(dtype):
+    x = torch.tensor([-5.0, -2.0, 0.5, 2.0, 7.0], requires_grad=True)
+    y = straight_through_clamp(x, 2.0)
+    assert y.tolist() == [-2.0, -2.0, 0.5, 2.0, 2.0]
+    (y * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_log_beta_by_hand_per_row(dtype):
+    """log beta = -1/2 sum_d log((r + 1/r) / 2), r = sigma_i / sigma_j, summed over the last axis only."""
+    ls_i = torch.tensor([[0.0, 0.0, 0.0], [math.log(2.0), 0.0, -math.log(4.0)], [5.0, -5.0, 30.0],
+                         [-30.0, 0.0, 0.0]])
+    ls_j = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [5.0, -5.0, 30.0], [30.0, 0.0, 0.0]])
+
+    def log_beta_ref(t: float) -> float:  # log cosh(t) for large |t| is |t| - log 2
+        return -0.5 * (abs(t) - math.log(2) if abs(t) > 30 else math.log(math.cosh(t)))
+
+    expected = [0.0, -0.5 * (math.log(1.25) + math.log(17 / 8)), 0.0, log_beta_ref(60.0)]
+    torch.testing.assert_close(log_beta(ls_i, ls_j), torch.tensor(expected), rtol=10 * rel(dtype), atol=0)
+    assert (log_beta(ls_i, ls_j) <= 0).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_log_kernel_by_hand_for_anisotropic_rows(rows, dtype):
+    """log kappa = log beta - sum_d dmu_d^2 / (4 (sigma_i^2 + sigma_j^2)) for each of ``rows`` rows."""
+    s_i, s_j = [0.5, 1.0, 2.0], [1.0, 0.25, 2.0]
+    d = [0.3, -0.4, 1.0]
+    log_beta_ref = -0.5 * sum(math.log(0.5 * (a / b + b / a)) for a, b in zip(s_i, s_j))
+    maha = sum(x * x / (4 * (a * a + b * b)) for x, a, b in zip(d, s_i, s_j))
+    mu_i = torch.zeros(rows, 3)
+    mu_j = torch.tensor(d).expand(rows, 3)
+    log_k = log_bhattacharyya_kernel(mu_i, torch.tensor(s_i).log().expand(rows, 3), mu_j,
+                                     torch.tensor(s_j).log().expand(rows, 3))
+    assert log_k.shape == (rows,)
+    torch.testing.assert_close(log_k, torch.full((rows,), log_beta_ref - maha), rtol=10 * rel(dtype), atol=0)
+
+
+def test_kernel_is_clamped_at_the_sigma_bound_in_the_forward_pass(dtype):
+    """Beyond the bound both sigmas act as the bound: distinct tiny sigmas e^-100 and e^-200 give
+    beta = 1 and alpha = 8 e^(-2 bound); huge ones act as e^(+bound)."""
+    bound = log_sigma_bound(dtype)
+    mu_i, mu_j = torch.zeros(3), torch.tensor([1e-12, 0.0, 0.0])
+    tiny = log_bhattacharyya_kernel(mu_i, torch.full((3,), -100.0), mu_j, torch.full((3,), -200.0))
+    assert tiny.item() == pytest.approx(-1e-24 / (8 * math.exp(-2 * bound)), rel=1e-5)
+    huge = log_bhattacharyya_kernel(mu_i, torch.full((3,), 100.0), torch.tensor([1e12, 0.0, 0.0]),
+                                    torch.full((3,), 200.0))
+    assert huge.item() == pytest.approx(-1e24 / (8 * math.exp(2 * bound)), rel=1e-5)
+
+
+def test_log1mexp_at_the_branch_point_and_its_gradient(dtype):
+    """Both branches meet at -log 2 (value log(1/2)); d/dx log(1 - e^x) = -e^x / (1 - e^x), = -1 there."""
+    x = torch.tensor([-math.log(2.0), -0.5, -2.0], requires_grad=True)
+    y = log1mexp(x)
+    assert y.tolist() == pytest.approx([math.log(0.5), math.log(1 - math.exp(-0.5)), math.log(1 - math.exp(-2.0))],
+                                       rel=10 * rel(dtype))
+    y.sum().backward()
+    expected = [-math.exp(v) / (1 - math.exp(v)) for v in (-math.log(2.0), -0.5, -2.0)]
+    assert x.grad.tolist() == pytest.approx(expected, rel=100 * rel(dtype))
+
+
+def test_instance_distribution_of_one_voxel_instances_and_gradients(dtype):
+    """A one-voxel instance is that voxel (mean and sigma exactly, even at log sigma -80); the
+    gradient of log sigma_hat w.r.t. each member's log sigma is its share sigma_i^2 / sum sigma^2."""
+    mu = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [0.0, 0.0, 0.0], [2.0, 2.0, 2.0]], requires_grad=True)
+    ls = torch.tensor([[-80.0, 0.5, 2.0], [0.0, 0.0, 0.0], [math.log(3.0)] * 3, [3.0, -1.0, 0.0]],
+                      requires_grad=True)
+    inst = torch.tensor([0, 1, 1, -1])
+    mu_hat, ls_hat = instance_distribution(mu, ls, inst, 3)
+    assert mu_hat.tolist() == [[1.0, 2.0, 3.0], [2.0, 2.5, 3.0], [0.0, 0.0, 0.0]]
+    torch.testing.assert_close(ls_hat[0], ls[0].detach())
+    torch.testing.assert_close(ls_hat[1], torch.full((3,), 0.5 * math.log(5.0)))  # mean of variances 1 and 9
+    assert ls_hat[2].tolist() == [0.0, 0.0, 0.0]
+    ls_hat[1].sum().backward(retain_graph=True)
+    torch.testing.assert_close(ls.grad[1:3], torch.tensor([[0.1] * 3, [0.9] * 3]))
+    assert (ls.grad[0] == 0).all() and (ls.grad[3] == 0).all()
+    mu_hat[1].sum().backward()
+    torch.testing.assert_close(mu.grad, torch.tensor([[0.0] * 3, [0.5] * 3, [0.5] * 3, [0.0] * 3]))
+
+
+def test_instance_distribution_without_members_or_voxels(dtype):
+    mu_hat, ls_hat = instance_distribution(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 2)
+    assert mu_hat.tolist() == [[0.0] * 3] * 2 and ls_hat.tolist() == [[0.0] * 3] * 2
+
+
+def test_instance_distribution_follows_the_inputs_device(dtype):
+    """With the default device elsewhere ("meta", standing in for a GPU/CPU mismatch) the
+    per-instance tensors are made on the inputs' device, with the same values."""
+    g = torch.Generator().manual_seed(3)
+    mu, ls = torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g)
+    inst = torch.randint(-1, 3, (20,), generator=g)
+    expected = instance_distribution(mu, ls, inst, 4)
+    with torch.device("meta"):
+        got = instance_distribution(mu, ls, inst, 4)
+    for a, b in zip(got, expected):
+        assert a.device.type == "cpu" and torch.equal(a, b)

@@ -7,6 +7,7 @@ import torch
 
 from minkseg.config import ClusterConfig
 from minkseg.inference.meanshift import (
+    assign_to_modes,
     bin_anchors,
     blur_step,
     combine_params,
@@ -224,3 +225,40 @@ def test_config_rejects_bad_grouping():
         ClusterConfig(meanshift_bandwidth=0.0)
     with pytest.raises(ConfigError, match="tta"):
         ClusterConfig(tta=-1)
+
+
+def test_assign_to_modes_by_hand(dtype):
+    # margin kernel with s~ = 0: log K = -|x - c|^2
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [5.0, 0.0, 0.0]], dtype=dtype)
+    centres = torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]], dtype=dtype)
+    px, pc = torch.zeros_like(x), torch.zeros_like(centres)
+    # K: x0 -> (1, e^-1.44); x1 -> (e^-1, e^-0.04); x2 -> (e^-25, e^-14.44)
+    for chunk in (2, 1000):  # one row per chunk, and all at once
+        assert assign_to_modes("margin", x, px, centres, pc, 0.5, chunk).tolist() == [0, 1, -1]
+        assert assign_to_modes("margin", x, px, centres, pc, 0.0, chunk).tolist() == [0, 1, 1]
+    # exactly at tau: K(x1, c1) = e^-0.04 passes tau = e^-0.04, not a hair above
+    tau = math.exp(-0.04)
+    assert assign_to_modes("margin", x, px, centres, pc, tau * (1 - 1e-4)).tolist() == [0, 1, -1]
+    assert assign_to_modes("margin", x, px, centres, pc, tau * (1 + 1e-4)).tolist() == [0, -1, -1]
+    none = assign_to_modes("margin", x, px, centres[:0], pc[:0], 0.5)
+    assert none.tolist() == [-1, -1, -1] and none.dtype == torch.long
+
+
+def test_meanshift_error_messages():
+    p = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"^unknown mean-shift kernel 'gauss'; choose one of "
+                                         r"\('bhattacharyya', 'margin'\)$"):
+        log_kernel("gauss", p, p, p, p)
+    with pytest.raises(ValueError, match=r"^mean-shift bandwidth must be > 0, got -1.0$"):
+        scale_bandwidth("margin", p, -1.0)
+    with pytest.raises(ValueError, match=r"^max_anchors must be >= 1, got 0$"):
+        bin_anchors(p, p, "margin", 0.5, 0)
+
+
+@pytest.mark.parametrize("cell", [0.0, math.inf, math.nan])
+def test_bin_anchors_fall_back_to_unit_cells(cell):
+    x = torch.tensor([[0.1, 0.0, 0.0], [0.9, 0.0, 0.0], [1.5, 0.0, 0.0], [2.2, 0.0, 0.0]])
+    pos, _, w, point_anchor = bin_anchors(x, torch.zeros_like(x), "margin", cell, 10)
+    # cells of 1 from the minimum corner: [0.1, 1.1) holds two points, then one each
+    assert w.tolist() == [2.0, 1.0, 1.0] and point_anchor.tolist() == [0, 0, 1, 2]
+    torch.testing.assert_close(pos[:, 0], torch.tensor([0.5, 1.5, 2.2]))

@@ -4,6 +4,7 @@ hand-built scenes that pin each rule of the scripts, and the benchmark-file read
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,13 @@ import pytest
 
 from minkseg.evaluation.evaluate import _clean, evaluate_dirs, missing_scenes_line
 from minkseg.evaluation.metrics import (
+    _IS_INSTANCE_CLASS,
+    _IS_SEMANTIC_CLASS,
     OVERLAPS,
+    UNKNOWN_SEMANTIC_ID,
     InstancePrediction,
+    _is_member,
+    _member_table,
     instance_ap,
     match_scene,
     semantic_confusion,
@@ -260,6 +266,101 @@ def test_averages_follow_the_official_script():
     assert len(OVERLAPS) == 10 and OVERLAPS[8] == pytest.approx(0.9) and OVERLAPS[2] == 0.6000000000000001
 
 
+def test_ground_truth_skips_a_taken_prediction_and_takes_the_next_free_one():
+    # at 0.25, p1 (listed first) overlaps chairs a (IoU 0.57) and b (IoU 0.375) and goes to a;
+    # b finds p1 taken, skips it and takes p2 (a copy of b): both found
+    gt = scene(a=(0, 200, 5001), b=(200, 400, 5002))
+    preds = [(mask(1000, (0, 350)), CHAIR, 0.9), (mask(1000, (200, 400)), CHAIR, 0.8)]
+    assert ap_of(gt, preds)[I25] == 1.0 and ref.instance_ap([(gt, preds)])[LI[CHAIR], I25] == 1.0
+
+
+def test_small_instance_of_another_class_adds_nothing_to_the_ignored_share():
+    # the unmatched chair prediction has 100 of its 200 vertices on the wall: 0.5 is not above 0.5,
+    # and the 50-vertex table elsewhere must not count towards the ignored share
+    gt = scene(n=1100, a=(0, 300, 5001), b=(300, 400, 1002), c=(400, 1000, 7003), d=(1000, 1050, 7004))
+    preds = [(mask(1100, (0, 300)), CHAIR, 0.5), (mask(1100, (300, 500)), CHAIR, 0.9)]
+    assert ap_of(gt, preds)[I50] < 1.0 and ref.instance_ap([(gt, preds)])[LI[CHAIR], I50] < 1.0
+
+
+def test_member_tables():
+    table = _member_table((3, 5))
+    assert table.dtype == bool and table.tolist() == [False, False, False, True, False, True, False]
+    values = np.array([-5, 0, 1, 2, 3, 39, 40, 41, 1000])  # outside the table: clipped onto a False entry
+    assert _is_member(values, _IS_INSTANCE_CLASS).tolist() == [False] * 4 + [True, True] + [False] * 3
+    assert _is_member(values, _IS_SEMANTIC_CLASS).tolist() == [False] * 2 + [True] * 4 + [False] * 3
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint16, np.uint64, np.float64])  # float: np.loadtxt
+def test_match_scene_by_hand(dtype):
+    # chair 5001 (150 vertices), chair 5002 (50), table 7003 (120), wall (80), unannotated (100)
+    gt = np.concatenate([np.full(150, 5001), np.full(50, 5002), np.full(120, 7003), np.full(80, 1000),
+                         np.zeros(100, np.int64)])[::-1].astype(dtype)  # any integer type, ids in any order
+    on = {k: np.flatnonzero(gt == v) for k, v in {"c1": 5001, "c2": 5002, "t": 7003, "w": 1000, "u": 0}.items()}
+
+    def pick(**counts):
+        m = np.zeros(len(gt), bool)
+        for k, n in counts.items():
+            m[on[k][:n]] = True
+        return m
+
+    preds = [InstancePrediction(pick(c1=100, c2=30, t=20, w=10, u=5), CHAIR, 0.7),
+             InstancePrediction(pick(t=99), TABLE, 0.9),  # 99 vertices: dropped
+             InstancePrediction(pick(w=80, u=100), 1, 0.9),  # a wall: not an instance class, dropped
+             InstancePrediction(pick(t=120, c1=30, w=30).astype(np.int8) * 3, TABLE, 0.25)]
+    m = match_scene(gt, preds)
+    assert m.gt_label.tolist() == [5, 5, 7] and m.gt_count.tolist() == [150, 50, 120]
+    assert m.pred_label.tolist() == [5, 7] and m.pred_count.tolist() == [165, 180]
+    assert m.pred_conf.tolist() == [0.7, 0.25] and m.pred_void.tolist() == [15, 30]
+    assert m.inter.tolist() == [[100, 30, 0], [0, 0, 120]]  # other classes' instances: 0
+    for a in (m.gt_label, m.gt_count, m.pred_label, m.pred_count, m.pred_void, m.inter):
+        assert a.dtype == np.int64
+    empty = match_scene(gt, preds[1:3])  # no prediction kept: empty integer arrays
+    assert empty.inter.shape == (0, 3) and empty.pred_label.shape == (0,)
+    for a in (empty.pred_label, empty.pred_count, empty.pred_void, empty.inter):
+        assert a.dtype == np.int64
+    assert empty.pred_conf.dtype == np.float64
+    with pytest.raises(ValueError, match="^prediction mask has 519 values, the scene has 500 vertices$"):
+        match_scene(gt, [InstancePrediction(np.ones(519), CHAIR, 0.5)])
+
+
+def test_negative_and_empty_ground_truth():
+    gt = scene(a=(0, 300, 5001), b=(300, 400, -1), c=(400, 1000, 7003))  # -1: not a ScanNet id, read as void
+    preds = [(mask(1000, (0, 300)), CHAIR, 0.5), (mask(1000, (300, 400), (400, 500)), CHAIR, 0.9)]
+    np.testing.assert_array_equal(ap_of(gt, preds), ref.instance_ap([(gt, preds)])[LI[CHAIR]])
+    assert ap_of(gt, preds)[I50] < 1.0 and ap_of(gt, preds)[I25] == 1.0  # ignored up to the share 0.5
+    m = match_scene(np.zeros(0, np.int64), [InstancePrediction(np.zeros(0), CHAIR, 0.5)])
+    assert m.gt_label.shape == (0,) and m.inter.shape == (0, 0)
+    ap = instance_ap([m])
+    assert ap.shape == (18, len(OVERLAPS)) and np.isnan(ap).all()
+    assert np.isnan(instance_ap([])).all() and instance_ap([]).shape == (18, len(OVERLAPS))
+
+
+def test_semantic_confusion_by_hand():
+    gt = np.array([1, 1, 5, 5, 5, 0, 40, 7])
+    pred = np.array([1, 5, 5, 0, 41, 5, 5, 7])
+    expected = np.zeros((41, 41), np.int64)
+    for g, p in [(1, 1), (1, 5), (5, 5), (5, UNKNOWN_SEMANTIC_ID), (5, UNKNOWN_SEMANTIC_ID), (7, 7)]:
+        expected[g, p] += 1  # ground truth 0 and 40 are not counted; predicted 0 and 41 are "unknown"
+    for dtype in (np.int64, np.uint8, np.uint64):  # any integer type (uint8 ids times 41 must not wrap)
+        np.testing.assert_array_equal(semantic_confusion(gt.astype(dtype), pred.astype(dtype)), expected)
+    with pytest.raises(ValueError, match="^7 predicted values for 8 vertices$"):
+        semantic_confusion(gt, pred[:7])
+
+
+def test_semantic_iou_of_one_vertex_and_of_absent_classes_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an absent class is NaN, not a printed RuntimeWarning
+        got = summarize_semantic(semantic_confusion(np.array([5, 1, 1]), np.array([5, 1, 2])))
+        assert got["per_class"]["chair"] == 1.0 and got["per_class"]["wall"] == 0.5
+        assert got["per_class"]["floor"] == 0.0  # predicted once, never in the ground truth
+        assert np.isnan(got["per_class"]["table"]) and got["mIoU"] == pytest.approx(0.5)
+        none = summarize_semantic(semantic_confusion(np.array([0, 13]), np.array([1, 5])))
+        assert np.isnan(none["mIoU"]) and all(np.isnan(v) for v in none["per_class"].values())
+        s = summarize_instance(np.full((18, len(OVERLAPS)), np.nan))
+        assert np.isnan([s["mAP"], s["AP50"], s["AP25"]]).all()
+        assert all(np.isnan(list(v.values())).all() for v in s["per_class"].values())
+
+
 # ---- property test: any small scene ----
 
 try:
@@ -271,7 +372,8 @@ except ImportError:  # listed in the test extras; without it only this test is s
 if hypothesis is not None:
     @st.composite
     def small_scenes(draw):
-        segments = draw(st.lists(st.tuples(st.sampled_from([0, 1, 2, 13, 3, 5, 5, 7]),
+        # unannotated, wall, floor, pillow, otherprop (void) and three instance classes, some under 100 vertices
+        segments = draw(st.lists(st.tuples(st.sampled_from([0, 1, 2, 13, 40, 3, 5, 5, 7]),
                                            st.sampled_from([20, 99, 100, 101, 160, 250])), min_size=1, max_size=6))
         gt = np.concatenate([np.full(size, lab * 1000 + k + 1 if lab else 0, np.int64)
                              for k, (lab, size) in enumerate(segments)])
@@ -284,7 +386,7 @@ if hypothesis is not None:
             keep = rng.random(len(gt)) < draw(st.sampled_from([1.0, 0.9, 0.6, 0.3]))
             noise = rng.random(len(gt)) < draw(st.sampled_from([0.0, 0.01, 0.1]))
             value = draw(st.sampled_from([1, 2, -1]))  # any nonzero integer marks a member
-            preds.append((((covered & keep) | noise) * value, draw(st.sampled_from([3, 5, 7, 1])),
+            preds.append((((covered & keep) | noise) * value, draw(st.sampled_from([3, 5, 5, 7, 1, 40])),
                           draw(st.sampled_from([0.1, 0.5, 0.5, 0.9]))))
         return gt, preds
 

@@ -150,3 +150,25 @@ def test_pretrain_cli_without_labels_then_train_from_it(raw_root, tmp_path, caps
     # train refuses the pretraining network, in one line
     assert main(["train", *pre[:1], *common, "name=wrong"]) == 2
     assert "minkseg pretrain" in capsys.readouterr().err
+
+
+class NearestAnchorPartition(torch.nn.Module):
+    """A stand-in pretraining network: partition j scores -(x - 0.5 j)^2 at each voxel centre."""
+
+    def forward(self, batch) -> torch.Tensor:
+        anchors = 0.5 * torch.arange(3, dtype=batch.centers.dtype)
+        return -(batch.centers[:, :1] - anchors) ** 2
+
+
+def test_predict_partition_is_the_arg_max_of_each_vertexs_voxel():
+    # four vertices, two of them in one 10 cm voxel; voxel centres x = 1.05, 0.05, 0.55 -> partitions 2, 0, 1
+    xyz = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.02, 0.0, 0.0]])
+    scene = {"scene": "scene_part", "xyz": xyz + 3.0, "rgb": np.zeros((4, 3), np.uint8),
+             "normals": np.zeros((4, 3), np.float32)}
+    cfg = load_config(None, ["model.head=partition", "data.voxel_size=0.1"])
+    part = predict_partition(NearestAnchorPartition(), scene, cfg)  # the default device: the CPU
+    assert part.dtype == np.int64 and part.tolist() == [2, 0, 1, 0]
+    assert not is_pretrain_config(load_config(None, ["model.head=margin"]))
+    with pytest.raises(ValueError, match=r"^model.head=probabilistic: partitions come from a minkseg pretrain "
+                                         r"checkpoint \(model.head=partition\)$"):
+        predict_partition(NearestAnchorPartition(), scene, load_config(None, ["model.head=probabilistic"]))

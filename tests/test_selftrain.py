@@ -46,6 +46,16 @@ def test_scene_weights_scale_the_batch_loss(prepared_dir):
     both = batch_loss(model(b := collate([scenes[0], scenes[1]])), b)
     for key in one:  # the zero-weight scene adds nothing; the mean is over 2 scenes
         assert both[key].item() == pytest.approx(one[key].item() / 2, rel=1e-5)
+    # a scene of weight w adds w times its own loss: (L0 + 0.25 L1) / 2 in float32
+    second = PreparedScenes(files[1:], voxel_size=0.1)[0]
+    alone = batch_loss(model(collate([second])), collate([second]))
+    quarter = PreparedScenes(files, voxel_size=0.1, weights=[1.0, 0.25])
+    assert [s.weight for s in (quarter[0], quarter[1])] == [1.0, 0.25]
+    mixed = batch_loss(model(b := collate([quarter[0], quarter[1]])), b)
+    for key in one:
+        assert mixed[key].dtype == torch.float32
+        assert mixed[key].item() == pytest.approx((one[key].item() + 0.25 * alone[key].item()) / 2, rel=1e-5,
+                                                  abs=1e-6), key
 
 
 def test_pseudo_label_files_replace_ground_truth(prepared_dir, tmp_path):

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from minkseg.config import Config
 from minkseg.inference.predict import cluster_output, forward_scene
-from minkseg.inference.tta import log_mean_exp_per_group, pose_matrix, transform_scene, tta_poses
+from minkseg.inference.tta import average_outputs, log_mean_exp_per_group, pose_matrix, transform_scene, tta_poses
 from minkseg.models.heads import MarginOutput, ProbabilisticOutput
 from minkseg.models.model import ModelOutput, SegmentationModel
 
@@ -165,3 +165,91 @@ def _with(cfg: Config, rotations: int) -> Config:
     out = copy.deepcopy(cfg)
     out.cluster.tta = rotations
     return out
+
+
+def probability_rows(first: list[float], width: int) -> np.ndarray:
+    """Rows of ``width`` probabilities: column 0 from ``first``, column 1 the rest of 0.9, 0.1 spread evenly."""
+    p = np.full((len(first), width), 0.1 / (width - 2))
+    p[:, 0] = first
+    p[:, 1] = 0.9 - np.asarray(first)
+    return p
+
+
+def test_average_outputs_by_hand_through_the_vertices(dtype):
+    # identity pass: 2 voxels, vertices 0 and 1 in voxel 0, vertex 2 in voxel 1; two more poses
+    inverse = [torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]), torch.tensor([1, 1, 0])]
+    sem = [probability_rows(a, 20) for a in ([0.8, 0.2], [0.6, 0.4, 0.1], [0.5, 0.3])]
+    score = [probability_rows(a, 20) for a in ([0.7, 0.1], [0.3, 0.5, 0.8], [0.2, 0.4])]
+    seed = [np.array(a)[:, None] * np.ones(18) for a in ([0.9, 0.2], [0.5, 0.7, 0.1], [0.6, 0.3])]
+
+    def outputs(head: str) -> list[ModelOutput]:
+        outs = []
+        for s, c, d in zip(sem, score, seed):
+            n = len(s)
+            emb = torch.full((n, 3), float(n))
+            if head == "probabilistic":
+                inst = ProbabilisticOutput(emb, -emb, torch.tensor(np.log(c), dtype=dtype))
+            else:
+                inst = MarginOutput(emb, -emb, torch.tensor(np.log(d / (1 - d)), dtype=dtype))
+            outs.append(ModelOutput(torch.tensor(np.log(s), dtype=dtype), inst, emb + 1))
+        return outs
+
+    def by_hand(maps: list[np.ndarray]) -> np.ndarray:
+        # each identity voxel j: mean over poses of the mean over j's vertices v of pose p's map at inverse_p[v]
+        owner = inverse[0].numpy()
+        return np.stack([np.mean([m[inv.numpy()[owner == j]].mean(0) for m, inv in zip(maps, inverse)], 0)
+                         for j in range(2)])
+
+    for head in ("probabilistic", "margin"):
+        outs = outputs(head)
+        avg = average_outputs(outs[0], inverse[0], ((o, i) for o, i in zip(outs[1:], inverse[1:])))
+        assert avg.semantic_logits.dtype == dtype
+        torch.testing.assert_close(avg.semantic_logits.exp().double(), torch.tensor(by_hand(sem)))
+        if head == "probabilistic":
+            torch.testing.assert_close(avg.instance.score_logits.exp().double(), torch.tensor(by_hand(score)))
+        else:
+            m = by_hand(seed)
+            torch.testing.assert_close(avg.instance.seed_logits.double(), torch.tensor(np.log(m / (1 - m))))
+        # embeddings and features are the identity pass's objects
+        ident = outs[0]
+        emb = (ident.instance.mu, ident.instance.log_sigma) if head == "probabilistic" else (
+            ident.instance.embedding, ident.instance.sigma_logit)
+        got = (avg.instance.mu, avg.instance.log_sigma) if head == "probabilistic" else (
+            avg.instance.embedding, avg.instance.sigma_logit)
+        assert got[0] is emb[0] and got[1] is emb[1] and avg.features is ident.features
+    # no other pose: the identity's own maps, as log-probabilities
+    outs = outputs("margin")
+    alone = average_outputs(outs[0], inverse[0], [])
+    torch.testing.assert_close(alone.semantic_logits.exp().double(), torch.tensor(sem[0]))
+    torch.testing.assert_close(alone.instance.seed_logits.double(), torch.tensor(np.log(seed[0] / (1 - seed[0]))))
+
+
+def test_transform_scene_maps_normals_too_and_leaves_the_scene_alone():
+    s = scene_dict(np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]))
+    s["normals"] = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    t = transform_scene(s, True, 90.0)  # mirror x, then rotate by 90 degrees: (x, y) -> (-y, -x)
+    np.testing.assert_allclose(t["xyz"], [[0, -1, 0], [-2, 0, 0]], atol=1e-6)
+    np.testing.assert_allclose(t["normals"], [[-1, 0, 0], [0, -1, 0]], atol=1e-6)
+    assert t["normals"].dtype == np.float32
+    np.testing.assert_array_equal(s["normals"], [[0, 1, 0], [1, 0, 0]])  # the input scene is not modified
+    np.testing.assert_array_equal(s["xyz"], [[1, 0, 0], [0, 2, 0]])
+    bare = {"xyz": np.array([[0.0, 3.0, 1.0]])}  # no normals: only xyz is mapped
+    t = transform_scene(bare, False, 180.0)
+    assert sorted(t) == ["xyz"]
+    np.testing.assert_allclose(t["xyz"], [[0, -3, 1]], atol=1e-12)
+    with pytest.raises(ValueError, match=r"^test-time augmentation needs >= 1 rotation, got 0$"):
+        tta_poses(0)
+
+
+def test_log_mean_exp_keeps_the_values_dtype_and_counts_trailing_empty_groups():
+    # float64 values under the float32 default dtype: no step may fall back to float32
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        values = torch.tensor([[0.0], [math.log(2.0)], [math.log(6.0)], [-1.5]], dtype=torch.float64)
+        got = log_mean_exp_per_group(values, torch.tensor([0, 0, 0, 1]), 3)  # group 2 (the last) empty
+    finally:
+        torch.set_default_dtype(old)
+    assert got.dtype == torch.float64 and got.shape == (3, 1)
+    assert abs(float(got[0, 0]) - math.log(3.0)) < 1e-14  # mean(1, 2, 6) = 3
+    assert float(got[1, 0]) == -1.5 and torch.isneginf(got[2]).all()

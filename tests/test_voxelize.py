@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minkseg.data.augment import AugmentConfig, augment, crop_mask
-from minkseg.data.voxelize import VoxelScene, collate, input_features, majority_vote, voxelize
+from minkseg.data.voxelize import UNKNOWN_INSTANCE, VoxelScene, collate, input_features, majority_vote, voxelize
 from minkseg.inference.devoxelize import devoxelize, resolve_inverse
 from scannet_tools.labels import FIRST_INSTANCE_TRAIN_ID, IGNORE_ID, SEMANTIC_NAMES
 from scannet_tools.prepare import load_prepared
@@ -200,3 +200,202 @@ def test_collate_refuses_instances_that_are_not_of_an_instance_class(semantic, i
     with pytest.raises(ValueError, match=message):
         collate([hand_scene(semantic, instance, instance_class)])
     collate([hand_scene([4, 0], [0, -1], [4])])  # agreeing labels pass
+
+
+def test_input_features_scale_colours_and_append_normals():
+    rgb = np.array([[0, 255, 51], [255, 0, 102]], np.uint8)
+    expected = np.array([[-0.5, 0.5, -0.3], [0.5, -0.5, -0.1]], np.float32)
+    got = input_features(rgb)
+    assert got.dtype == np.float32 and got.shape == (2, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-7)
+    normals = np.array([[0, 0, 1], [1, 0, 0]], np.float64)
+    with_normals = input_features(rgb, normals)
+    assert with_normals.dtype == np.float32 and with_normals.shape == (2, 6)
+    np.testing.assert_allclose(with_normals, np.concatenate([expected, normals], 1), atol=1e-7)
+
+
+def test_majority_vote_of_only_ignored_labels_is_ignore_everywhere():
+    for dense_limit in (0, 1 << 23):
+        out = majority_vote(np.array([0, 2, 2]), np.full(3, IGNORE_ID), 4, IGNORE_ID, dense_limit)
+        assert out.dtype == np.int64 and out.tolist() == [IGNORE_ID] * 4
+
+
+def test_voxelize_hand_case_values():
+    # four vertices in three 0.5 m cells; vertex 1 is cropped away (its cell keeps vertex 0)
+    xyz = np.array([[0.1, 0.1, 0.1], [0.4, 0.2, 0.3], [0.6, 0.1, 0.1], [1.2, 1.7, 0.9]], np.float32)
+    feats = np.array([[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]], np.float32)
+    keep = np.array([True, False, True, True])
+    v = voxelize(xyz, feats, voxel_size=0.5, scene="scene0007_00", keep=keep)
+    assert v.scene == "scene0007_00" and v.voxel_size == 0.5
+    by_vertex = v.coords[v.inverse[keep]].tolist()
+    assert by_vertex == [[0, 0, 0], [1, 0, 0], [2, 3, 1]] and v.coords.dtype == torch.int32
+    assert v.inverse[1] == -1 and v.inverse.dtype == torch.int64
+    assert v.feats[v.inverse[keep]].tolist() == [[1, 1, 1], [3, 3, 3], [4, 4, 4]]  # the kept vertices' own
+    np.testing.assert_allclose(v.centers[v.inverse[keep]].numpy(), [[0.25, 0.25, 0.25], [0.75, 0.25, 0.25],
+                                                                     [1.25, 1.75, 0.75]])
+    # no labels given: every voxel ignored, no instance, nothing unknown; ground truth by default
+    assert (v.semantic == IGNORE_ID).all() and (v.instance == -1).all() and v.num_instances == 0
+    assert v.instance_class.dtype == torch.int64 and v.instance_known is None
+    assert v.labeled is True and v.weight == 1.0
+
+
+def test_voxelize_refuses_an_empty_crop():
+    xyz, feats = np.zeros((3, 3), np.float32), np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"^scene0003_01: no vertices to voxelize$"):
+        voxelize(xyz, feats, scene="scene0003_01", keep=np.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"^scene: no vertices to voxelize$"):
+        voxelize(xyz, feats, keep=np.zeros(3, bool))
+
+
+def test_instances_without_semantics_only_keep_the_unknown_marks():
+    # semantic None: every voxel is ignored, so no voxel can be an instance member, but an
+    # UNKNOWN_INSTANCE majority still marks the voxel's instance as unknown
+    xyz = np.array([[0.05, 0, 0], [0.06, 0, 0], [0.15, 0, 0], [0.25, 0, 0]], np.float32)
+    instance = np.array([UNKNOWN_INSTANCE, UNKNOWN_INSTANCE, 0, -1])
+    v = voxelize(xyz, np.zeros((4, 3), np.float32), None, instance, 0.1)
+    assert (v.semantic == IGNORE_ID).all() and (v.instance == -1).all() and v.num_instances == 0
+    assert v.instance_known[v.inverse].tolist() == [False, False, True, True]
+    # no instance left: still an int64 class vector, which collate concatenates with other scenes' classes
+    assert v.instance_class.dtype == torch.int64
+    assert collate([v]).instance_known.dtype == torch.bool
+
+
+def test_default_voxel_size_is_2_cm():
+    xyz = np.array([[0.01, 0.03, 0.05], [0.021, 0.0, 0.099]], np.float32)
+    v = voxelize(xyz, np.zeros((2, 3), np.float32))
+    assert v.voxel_size == 0.02 and v.coords[v.inverse].tolist() == [[0, 1, 2], [1, 0, 4]]
+
+
+def test_instance_zero_and_the_first_instance_class_are_kept():
+    # instance id 0 of class FIRST_INSTANCE_TRAIN_ID (cabinet), id 3 of the last class; a wall
+    # vertex that carries an instance id (inconsistent input) does not make its voxel a member
+    xyz = np.array([[0.05, 0, 0], [0.06, 0, 0], [0.15, 0, 0], [0.25, 0, 0]], np.float32)
+    semantic = np.array([FIRST_INSTANCE_TRAIN_ID, FIRST_INSTANCE_TRAIN_ID, 19, 0])
+    instance = np.array([0, 0, 3, 0])
+    v = voxelize(xyz, np.zeros((4, 3), np.float32), semantic, instance, 0.1)
+    assert v.instance[v.inverse].tolist() == [0, 0, 1, -1]
+    assert v.instance_class.tolist() == [FIRST_INSTANCE_TRAIN_ID, 19] and v.instance_known is None
+
+
+def scene_of(semantic: list[int], instance: list[int], instance_class: list[int], known: list[bool] | None,
+             coords: list[list[int]]) -> VoxelScene:
+    """A hand-built voxel scene whose voxels are told apart by their coordinates."""
+    m = len(semantic)
+    c = torch.tensor(coords, dtype=torch.int32)
+    return VoxelScene(scene="s", coords=c, feats=c.float() * 2, centers=c.float() / 10,
+                      semantic=torch.tensor(semantic), instance=torch.tensor(instance),
+                      instance_class=torch.tensor(instance_class, dtype=torch.long), inverse=torch.arange(m),
+                      voxel_size=0.1, instance_known=None if known is None else torch.tensor(known))
+
+
+def test_collate_concatenates_three_scenes_exactly():
+    a = scene_of([4, 0], [0, -1], [4], None, [[0, 0, 0], [1, 0, 0]])
+    b = scene_of([5, 6, 1], [1, 0, -1], [6, 5], [True, False, True], [[2, 0, 0], [3, 0, 0], [4, 0, 0]])
+    c = scene_of([3], [0], [3], None, [[5, 0, 0]])
+    batch = collate([a, b, c])
+    assert batch.coords.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [1, 2, 0, 0], [1, 3, 0, 0], [1, 4, 0, 0],
+                                     [2, 5, 0, 0]]
+    assert batch.coords.dtype == torch.int32 and batch.batch.dtype == torch.int64
+    assert batch.batch.tolist() == [0, 0, 1, 1, 1, 2]
+    assert batch.instance.tolist() == [0, -1, 2, 1, -1, 3]  # offsets 0, 1, 3
+    assert batch.instance_class.tolist() == [4, 6, 5, 3]
+    assert batch.semantic.tolist() == [4, 0, 5, 6, 1, 3]
+    assert batch.instance_known.tolist() == [True, True, True, False, True, True]
+    assert batch.instance_known.dtype == torch.bool and batch.instance_class.dtype == torch.int64
+    assert batch.feats[:, 0].tolist() == [0, 2, 4, 6, 8, 10] and batch.centers[:, 0].tolist() == pytest.approx(
+        [0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert batch.scenes == [a, b, c]
+
+
+TENSOR_FIELDS = ("coords", "feats", "centers", "semantic", "instance", "instance_class", "batch", "instance_known")
+
+
+def test_batch_to_moves_every_tensor_and_passes_non_blocking(monkeypatch):
+    batch = collate([scene_of([4, 0], [0, -1], [4], None, [[0, 0, 0], [1, 0, 0]])])
+    calls = []
+    original = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        calls.append((args, kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    moved = batch.to("cpu")
+    assert calls == [(("cpu",), {"non_blocking": False})] * len(TENSOR_FIELDS)
+    calls.clear()
+    batch.to(torch.device("cpu"), non_blocking=True)
+    assert calls == [((torch.device("cpu"),), {"non_blocking": True})] * len(TENSOR_FIELDS)
+    monkeypatch.undo()
+    for name in TENSOR_FIELDS:
+        assert torch.equal(getattr(moved, name), getattr(batch, name)), name
+    assert moved.scenes is batch.scenes
+
+
+def test_batch_pin_memory_pins_every_tensor(monkeypatch):
+    batch = collate([scene_of([4, 0], [0, -1], [4], None, [[0, 0, 0], [1, 0, 0]])])
+    pinned_ids = []
+
+    def fake_pin(self):  # page-locking needs an accelerator; record which tensors would be pinned
+        copy = self.clone()
+        pinned_ids.append(id(copy))
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    pinned = batch.pin_memory()
+    assert [id(getattr(pinned, name)) for name in TENSOR_FIELDS] == pinned_ids
+    for name in TENSOR_FIELDS:
+        assert torch.equal(getattr(pinned, name), getattr(batch, name)), name
+    assert pinned.scenes is batch.scenes
+
+
+def test_instance_label_check_names_an_unnamed_scene_scene():
+    nameless = scene_of([0], [0], [0], None, [[0, 0, 0]])
+    nameless.scene = ""
+    with pytest.raises(ValueError, match=r"^scene: instance 0 has class 0;"):
+        collate([nameless])
+
+
+@pytest.mark.parametrize("semantic,instance,instance_class,message", [
+    ([4, 4, 4], [0, 1, 1], [4, 1], r"^s: instance 1 has class 1; instances must have one of the instance classes "
+     r"\(train ids 2\.\.19\), never wall, floor or ignored$"),
+    ([4, 4], [0, 0], [20], r"^s: instance 0 has class 20;"),  # NUM_SEMANTIC is out of range
+    ([4, 4], [0, 1], [4], r"^s: voxel instance index 1 but only 1 instance classes$"),
+    ([4, 0, 1], [0, 0, 0], [4], r"^s: 2 instance voxels are labelled wall, floor or ignored; a voxel's semantic "
+     r"label and instance membership must agree$"),
+    ([FIRST_INSTANCE_TRAIN_ID, 1], [0, 0], [FIRST_INSTANCE_TRAIN_ID], r"^s: 1 instance voxels are labelled wall"),
+])
+def test_instance_label_check_messages(semantic, instance, instance_class, message):
+    coords = [[i, 0, 0] for i in range(len(semantic))]
+    with pytest.raises(ValueError, match=message):
+        collate([scene_of(semantic, instance, instance_class, None, coords)])
+
+
+def test_instance_label_check_accepts_the_class_range_ends():
+    coords = [[0, 0, 0], [1, 0, 0], [2, 0, 0]]
+    batch = collate([scene_of([FIRST_INSTANCE_TRAIN_ID, 19, 0], [0, 1, -1], [FIRST_INSTANCE_TRAIN_ID, 19], None,
+                              coords)])
+    assert batch.instance_class.tolist() == [FIRST_INSTANCE_TRAIN_ID, 19]
+    # no member voxel at all passes too
+    collate([scene_of([0, 1], [-1, -1], [], None, coords[:2])])
+
+
+def test_majority_vote_of_int32_inputs_with_many_groups_does_not_overflow():
+    # 3 million groups x 1000 labels: (group, label) keys beyond 2**31, as int32 arrays (the dtype of
+    # pseudo-label files) would wrap around if they were not widened first
+    labels = np.r_[np.arange(1000), 999, 999].astype(np.int32)
+    group = np.r_[np.full(1000, 5), 3_000_000, 3_000_000].astype(np.int32)
+    out = majority_vote(group, labels, 3_000_001, IGNORE_ID)  # 3e9 table cells: the sorted-pairs path
+    assert out[5] == 0 and out[3_000_000] == 999  # ties to the smallest label; two votes beat one
+    assert (np.delete(out, [5, 3_000_000]) == IGNORE_ID).all()
+
+
+def test_voxelize_quantizes_in_float32_and_gives_float32_features():
+    # float64 coordinates are voxelized as their float32 copies (prepared files, augment and predict
+    # all hold float32): 0.3 / 0.05 is 5.999... in float64 but 6 in float32
+    xyz = np.array([[0.3, 0.15, 0.35], [0.7, 0.6, 0.9]], np.float64)
+    feats = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], np.float64)
+    v = voxelize(xyz, feats, voxel_size=0.05)
+    assert v.coords[v.inverse].tolist() == [[6, 3, 7], [14, 12, 18]]
+    assert v.coords.tolist() == voxelize(xyz.astype(np.float32), feats, voxel_size=0.05).coords.tolist()
+    assert v.feats.dtype == torch.float32 and v.centers.dtype == torch.float32
+    np.testing.assert_allclose(v.feats[v.inverse].numpy(), feats, rtol=1e-7)

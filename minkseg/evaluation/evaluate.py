@@ -100,7 +100,7 @@ def read_instance_predictions(txt: Path, root: Path, n_vertices: int | None = No
 
 
 def _scene_names(d: Path) -> set[str]:
-    return {p.stem for p in d.glob("*.txt")} if d.is_dir() else set()
+    return {p.stem for p in d.glob("*.txt")}  # nothing when d does not exist
 
 
 def _read_scene(name: str, pred_dir: Path, gt_dir: Path, parts: tuple[bool, bool]) -> tuple:

@@ -44,7 +44,6 @@ The scripts test every prediction against every ground-truth instance over all v
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +100,7 @@ def match_scene(gt: np.ndarray, preds: list[InstancePrediction]) -> SceneMatches
         gt_inv = lookup[gt]
     else:
         gt_ids, gt_inv, gt_count = np.unique(gt, return_inverse=True, return_counts=True)
-        gt_inv = gt_inv.reshape(-1)
-    keep_gt = np.flatnonzero((gt_ids != 0) & _is_member(gt_ids // 1000, _IS_INSTANCE_CLASS))
+    keep_gt = np.flatnonzero(_is_member(gt_ids // 1000, _IS_INSTANCE_CLASS))  # id 0 (unannotated) is 0 // 1000
     n_gt = len(keep_gt)
     gt_col = np.full(len(gt_ids), n_gt)  # column n_gt collects vertices of no ground-truth instance
     gt_col[keep_gt] = np.arange(n_gt)
@@ -121,16 +119,15 @@ def match_scene(gt: np.ndarray, preds: list[InstancePrediction]) -> SceneMatches
         idx = np.flatnonzero(mask)
         if len(idx) < MIN_REGION_SIZE:
             continue
-        per_gt = np.bincount(vert_col[idx], minlength=n_gt + 1)[:n_gt]
+        per_gt = np.bincount(vert_col[idx], minlength=n_gt)[:n_gt]  # vert_col is at most n_gt
         rows.append(np.where(gt_label == label, per_gt, 0))
         labels.append(label)
         counts.append(len(idx))
         confs.append(float(p.confidence))
         voids.append(int(np.count_nonzero(void[idx])))
     inter = np.asarray(rows, dtype=np.int64).reshape(len(rows), n_gt)
-    return SceneMatches(gt_label, gt_count[keep_gt].astype(np.int64), np.asarray(labels, np.int64),
-                        np.asarray(counts, np.int64), np.asarray(confs, np.float64),
-                        np.asarray(voids, np.int64), inter)
+    return SceneMatches(gt_label, gt_count[keep_gt], np.asarray(labels, np.int64), np.asarray(counts, np.int64),
+                        np.asarray(confs), np.asarray(voids, np.int64), inter)
 
 
 def _average_precision(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) -> float:
@@ -161,64 +158,65 @@ def _average_precision(y_true: np.ndarray, y_score: np.ndarray, hard_fn: int) ->
 
 
 def _scene_outcomes(s: SceneMatches, th: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One scene at one threshold: (class, is_true, score) of each scored entry and the unmatched gt labels."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = s.inter / (s.gt_count[None, :] + s.pred_count[:, None] - s.inter)
-    above = iou > th  # 0 intersections give IoU 0 (never above a threshold > 0)
-    taken = np.zeros(len(s.pred_label), bool)
-    cls, true, score, missed = [], [], [], []
+    """One scene at one threshold: (class, is_true, score) of each scored entry and the unmatched gt labels.
+
+    The entries come grouped (matches, duplicates, false positives): the AP does not depend on their order.
+    """
+    # the denominator is at least pred_count >= 100: no division by zero
+    above = s.inter / (s.gt_count[None, :] + s.pred_count[:, None] - s.inter) > th  # 0 intersections: IoU 0
+    taken: set[int] = set()
+    hit, hit_score, duplicate, duplicate_score, missed = [], [], [], [], []
     for g in np.flatnonzero(s.gt_count >= MIN_REGION_SIZE):  # id order
-        matched, best = False, -np.inf
+        best = None  # the confidence this instance keeps, once matched
         for p in np.flatnonzero(above[:, g]):  # file order
-            if taken[p]:
+            if p in taken:
                 continue
             c = s.pred_conf[p]
-            if matched:  # a further prediction of this instance: the lower score is a false positive
-                cls.append(s.gt_label[g])
-                true.append(0.0)
-                score.append(min(best, c))
+            if best is None:
+                best = c
+                taken.add(p)
+            else:  # a further prediction of this instance: the lower score is a false positive
+                duplicate.append(g)
+                duplicate_score.append(min(best, c))
                 best = max(best, c)
-            else:
-                matched, best, taken[p] = True, c, True
-        if matched:
-            cls.append(s.gt_label[g])
-            true.append(1.0)
-            score.append(best)
+        if best is None:
+            missed.append(g)
         else:
-            missed.append(s.gt_label[g])
+            hit.append(g)
+            hit_score.append(best)
     # predictions above the threshold with no instance: false positive unless mostly on ignored vertices
     small = s.gt_count < MIN_REGION_SIZE
     ignored = s.pred_void + s.inter[:, small].sum(1)
     fp = ~above.any(1) & (ignored / s.pred_count <= th)  # kept predictions have >= 100 vertices
-    cls = np.concatenate([np.asarray(cls, np.int64), s.pred_label[fp]])
-    true = np.concatenate([np.asarray(true, np.float64), np.zeros(int(fp.sum()))])
-    score = np.concatenate([np.asarray(score, np.float64), s.pred_conf[fp]])
-    return cls, true, score, np.asarray(missed, np.int64)
+    cls = np.concatenate([s.gt_label[hit], s.gt_label[duplicate], s.pred_label[fp]])
+    true = np.concatenate([np.ones(len(hit)), np.zeros(len(duplicate) + int(fp.sum()))])
+    score = np.concatenate([hit_score, duplicate_score, s.pred_conf[fp]])
+    return cls, true, score, s.gt_label[missed]
 
 
 def instance_ap(scenes: list[SceneMatches]) -> np.ndarray:
     """AP per (class, overlap threshold) over matched scenes: shape (18, len(OVERLAPS))."""
-    ap = np.zeros((len(INSTANCE_NYU40_IDS), len(OVERLAPS)))
     has_gt = np.zeros(len(INSTANCE_NYU40_IDS), bool)
     has_pred = np.zeros(len(INSTANCE_NYU40_IDS), bool)
     for s in scenes:
         has_gt |= np.isin(_INSTANCE_IDS, s.gt_label[s.gt_count >= MIN_REGION_SIZE])
         has_pred |= np.isin(_INSTANCE_IDS, s.pred_label)
-    for oi, th in enumerate(OVERLAPS):
-        parts = [_scene_outcomes(s, th) for s in scenes]
-        cls = np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)])
-        true = np.concatenate([p[1] for p in parts] + [np.zeros(0)])
-        score = np.concatenate([p[2] for p in parts] + [np.zeros(0)])
-        missed = np.concatenate([p[3] for p in parts] + [np.zeros(0, np.int64)])
-        for li, label in enumerate(INSTANCE_NYU40_IDS):
-            if has_gt[li] and has_pred[li]:
+    # ground truth without predictions: 0; no ground truth: NaN (left out of the means)
+    ap = np.repeat(np.where(has_gt, 0.0, np.nan)[:, None], len(OVERLAPS), 1)
+    scored = np.flatnonzero(has_gt & has_pred)
+    if len(scored):  # (then there is at least one scene to concatenate)
+        for oi, th in enumerate(OVERLAPS):
+            cls, true, score, missed = (np.concatenate(part) for part in zip(*(_scene_outcomes(s, th) for s in scenes)))
+            for li in scored:
+                label = _INSTANCE_IDS[li]
                 sel = cls == label
                 ap[li, oi] = _average_precision(true[sel], score[sel], int(np.count_nonzero(missed == label)))
-            elif has_gt[li]:
-                ap[li, oi] = 0.0
-            else:
-                ap[li, oi] = np.nan
     return ap
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """``np.nanmean`` without its warning when every value is NaN (the script's value, NaN, then)."""
+    return float(np.nanmean(values)) if not np.isnan(values).all() else np.nan
 
 
 def summarize_instance(ap: np.ndarray) -> dict:
@@ -226,10 +224,7 @@ def summarize_instance(ap: np.ndarray) -> dict:
     o50 = np.flatnonzero(np.isclose(OVERLAPS, 0.5))
     o25 = np.flatnonzero(np.isclose(OVERLAPS, 0.25))
     rest = np.flatnonzero(~np.isclose(OVERLAPS, 0.25))
-    with warnings.catch_warnings():  # nanmean of an all-NaN slice warns; NaN is the script's value
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = {"mAP": float(np.nanmean(ap[:, rest])), "AP50": float(np.nanmean(ap[:, o50])),
-               "AP25": float(np.nanmean(ap[:, o25])), "per_class": {}}
+    out = {"mAP": _nanmean(ap[:, rest]), "AP50": _nanmean(ap[:, o50]), "AP25": _nanmean(ap[:, o25]), "per_class": {}}
     for li, name in enumerate(INSTANCE_NAMES):
         out["per_class"][name] = {"ap": float(np.average(ap[li, rest])), "ap50": float(ap[li, o50][0]),
                                   "ap25": float(ap[li, o25][0])}
@@ -255,13 +250,9 @@ def semantic_confusion(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def summarize_semantic(confusion: np.ndarray) -> dict:
     """Per-class IoU = TP / (TP + FP + FN) (the script's ``get_iou``) and their nanmean."""
     ids = np.asarray(SEMANTIC_NYU40_IDS)
-    tp = confusion[ids, ids].astype(np.float64)
+    tp = confusion[ids, ids]
     fn = confusion[ids].sum(1) - tp
     fp = confusion[ids][:, ids].sum(0) - tp
     denom = tp + fp + fn
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(denom > 0, tp / denom, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        miou = float(np.nanmean(iou))
-    return {"mIoU": miou, "per_class": {n: float(v) for n, v in zip(SEMANTIC_NAMES, iou)}}
+    iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)  # NaN: neither in the ground truth nor predicted
+    return {"mIoU": _nanmean(iou), "per_class": {n: float(v) for n, v in zip(SEMANTIC_NAMES, iou)}}

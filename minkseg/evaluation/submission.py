@@ -41,7 +41,7 @@ def write_scene_submission(pred: ScenePrediction, out: Path, max_masks: int = 0,
     lines = []
     for k, p in enumerate(inst):
         rel = f"{MASK_DIR}/{pred.scene}_{k:03d}.txt"
-        write_ids(out / "instance" / rel, np.asarray(p.mask, bool).astype(np.int64))
+        write_ids(out / "instance" / rel, np.asarray(p.mask, bool))  # nonzero -> 1
         lines.append(f"{rel} {int(p.label_id)} {p.confidence:.6f}")
     write_text_atomic(out / "instance" / f"{pred.scene}.txt", "".join(line + "\n" for line in lines))
     return len(inst)
@@ -149,7 +149,10 @@ def validate_submission(sub: str | Path, vertex_counts: dict[str, int]) -> Valid
     for d in (sem_dir, inst_dir):
         if not d.is_dir():
             continue
-        present = {p.stem for p in d.glob("*.txt")}
+        entries = {p.stem: p for p in d.glob("*.txt")}
+        for entry in sorted(p for p in entries.values() if not p.is_file()):
+            report.problems.append(f"{entry}: is not a file")
+        present = set(entries)
         for scene in sorted(set(vertex_counts) - present):
             report.problems.append(f"{d}: missing {scene}.txt")
         for scene in sorted(present - set(vertex_counts)):

@@ -29,20 +29,20 @@ def class_hypotheses(class_probs: torch.Tensor, classes: torch.Tensor, scores: t
     (column index); ``scores`` (K,) its score for that class. A mask whose own class has
     probability 0 gets no further hypotheses (their score would be undefined).
     """
-    k, c = class_probs.shape
     if max_hypotheses < 1:
         raise ValueError(f"class_hypotheses: max_hypotheses must be >= 1, got {max_hypotheses}")
-    own = torch.zeros(k, c, dtype=torch.bool, device=class_probs.device)
-    own[torch.arange(k, device=own.device), classes] = True
+    # every tensor below is derived from the inputs (``*_like``, scatter, nonzero), so it lives on their device
+    own = torch.zeros_like(class_probs, dtype=torch.bool).scatter_(1, classes[:, None], True)
     # own class first, then the others by descending probability (stable: ties go to the lower class)
-    rank_key = torch.where(own, torch.full_like(class_probs, float("inf")), class_probs)
+    rank_key = torch.where(own, torch.full_like(class_probs, torch.inf), class_probs)
     order = torch.sort(rank_key, dim=1, descending=True, stable=True).indices[:, :max_hypotheses]
     p = class_probs.gather(1, order)
     p_own = p[:, :1]
     keep = (p >= threshold) & (p > 0) & (p_own > 0)  # a class of probability 0 is no hypothesis, even at threshold 0
     keep[:, 0] = True
-    ratio = torch.where(p_own > 0, p / torch.where(p_own > 0, p_own, torch.ones_like(p_own)), torch.zeros_like(p))
+    # where p_own = 0 the ratio is inf / nan, but only in entries that are not kept (column 0 is set below)
+    ratio = p / p_own
     ratio[:, 0] = 1.0  # the own class keeps its score exactly
     score = scores[:, None] * ratio
-    mask_index = torch.arange(k, device=class_probs.device)[:, None].expand_as(order)
-    return mask_index[keep], order[keep], score[keep]
+    mask_index, column = keep.nonzero(as_tuple=True)  # row-major, like boolean indexing
+    return mask_index, order[mask_index, column], score[mask_index, column]

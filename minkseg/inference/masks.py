@@ -25,9 +25,9 @@ class MaskSet:
     def from_pairs(cls, members: np.ndarray, owner: np.ndarray, num_masks: int, num_points: int) -> MaskSet:
         """Masks from (point, mask) pairs in any order; repeated pairs count once."""
         members, owner = np.asarray(members, np.int64), np.asarray(owner, np.int64)
-        key = np.unique(owner * num_points + members)
-        return cls(key % num_points if num_points else key, key // num_points if num_points else key,
-                   num_masks, num_points)
+        # without points there are no pairs, and divmod of the empty key by 0 is empty
+        owner, members = np.divmod(np.unique(owner * num_points + members), num_points)
+        return cls(members, owner, num_masks, num_points)
 
     @classmethod
     def from_labels(cls, labels: np.ndarray, num_masks: int) -> MaskSet:
@@ -50,8 +50,8 @@ class MaskSet:
     def select(self, keep: np.ndarray) -> MaskSet:
         """The masks ``keep`` (indices, in that order; repeats allowed), renumbered 0..len(keep)-1."""
         keep = np.asarray(keep, np.int64)
-        bounds = np.searchsorted(self.owner, np.arange(self.num_masks + 1))
-        start, count = bounds[keep], bounds[keep + 1] - bounds[keep]
+        size = self.sizes()
+        start, count = (np.cumsum(size) - size)[keep], size[keep]
         rows = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
         return MaskSet(self.members[rows], np.repeat(np.arange(len(keep)), count), len(keep), self.num_points)
 
@@ -60,9 +60,9 @@ class MaskSet:
         (e.g. vertices -> their voxel via ``point_of = inverse``): a fine point is in a mask
         exactly when its coarse point is."""
         point_of = np.asarray(point_of, np.int64)
-        by_coarse = np.argsort(point_of, kind="stable")
-        bounds = np.searchsorted(point_of[by_coarse], np.arange(self.num_points + 1))
-        start, count = bounds[self.members], bounds[self.members + 1] - bounds[self.members]
+        by_coarse = np.argsort(point_of)  # in any order within a coarse point: from_pairs sorts them
+        fine_count = np.bincount(point_of, minlength=self.num_points)
+        start, count = (np.cumsum(fine_count) - fine_count)[self.members], fine_count[self.members]
         rows = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
         return MaskSet.from_pairs(by_coarse[rows], np.repeat(self.owner, count), self.num_masks, len(point_of))
 
@@ -70,12 +70,11 @@ class MaskSet:
 def mask_iou(masks: MaskSet) -> np.ndarray:
     """(K, K) intersection over union |A n B| / |A u B| of every pair of masks (0 for two empty masks)."""
     k, n = masks.num_masks, masks.num_points
-    a = scipy.sparse.csr_matrix((np.ones(len(masks.members), np.float64), (masks.owner, masks.members)),
-                                shape=(k, n))
+    a = scipy.sparse.csr_matrix((np.ones(len(masks.members)), (masks.owner, masks.members)), shape=(k, n))
     inter = (a @ a.T).toarray()
-    size = masks.sizes().astype(np.float64)
+    size = masks.sizes()
     union = size[:, None] + size[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return inter / np.maximum(union, 1)  # a union of 0 has an intersection of 0
 
 
 def mask_nms(iou: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -105,6 +104,7 @@ def paint_by_confidence(num_vertices: int, masks: list[np.ndarray], confidence) 
     and for pictures of overlapping predictions.
     """
     out = np.full(num_vertices, -1, np.int64)
-    for k in np.argsort(np.asarray(list(confidence), np.float64), kind="stable"):  # most confident painted last
+    # fromiter: any iterable of numbers, e.g. a generator or a tensor of any dtype and device
+    for k in np.argsort(np.fromiter(confidence, np.float64), kind="stable"):  # most confident painted last
         out[np.asarray(masks[k]) != 0] = k
     return out

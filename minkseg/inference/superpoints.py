@@ -49,11 +49,11 @@ def snap_masks_to_superpoints(masks: MaskSet, superpoint: np.ndarray, min_fracti
         total = np.bincount(sp[sp >= 0], minlength=n_sp)
         # (mask, superpoint) pairs with the number of the mask's vertices in the superpoint
         pair, inside = np.unique(masks.owner[~loose] * n_sp + member_sp[~loose], return_counts=True)
-        pair_owner, pair_sp = pair // n_sp, pair % n_sp
+        pair_owner, pair_sp = np.divmod(pair, n_sp)
         won = inside > min_fraction * total[pair_sp]
         pair_owner, pair_sp = pair_owner[won], pair_sp[won]
-        # every vertex of each won superpoint
-        by_sp = np.argsort(sp, kind="stable")
+        # every vertex of each won superpoint (in any order within a superpoint: from_pairs sorts them)
+        by_sp = np.argsort(sp)
         start = np.searchsorted(sp[by_sp], pair_sp, side="left")
         count = total[pair_sp]
         offsets = np.repeat(start - np.cumsum(count) + count, count) + np.arange(int(count.sum()))

@@ -127,8 +127,10 @@ def margin_loss(embedding: torch.Tensor, sigma_logit: torch.Tensor, seed_logits:
         seed_weight[rows, cols] = weights.seed_foreground
     if n > 0:
         out["seed"] = (seed_weight * (seed_prob - seed_target) ** 2).sum(1).mean()
+    # with no labelled voxel the semantic logits still get a (zero) gradient, as in the probabilistic
+    # head: a parameter without one would stall DistributedDataParallel's gradient reduction
     out["semantic"] = (F.cross_entropy(semantic_logits, semantic, ignore_index=ignore_index)
-                       if known.any() else zero)
+                       if known.any() else semantic_logits.sum() * 0)
     out["total"] = (weights.instance * out["lovasz"] + weights.smooth * out["smooth"]
                     + weights.seed * out["seed"] + weights.semantic * out["semantic"])
     return out
