@@ -380,3 +380,243 @@ def test_no_host_read_per_seed():
                            rows_per_chunk=10_000)
     assert c.num_instances == 30 and same_partition(c.voxel_instance, truth)
     assert ScalarReads.count == 0
+
+
+# --- interpenetrating instances and ambiguous class probabilities, both heads ----------------------------
+
+def interleaved_pair(n: int = 40, gap: float = 0.3):
+    """A chair pushed into a table: their voxels alternate in the list (and in space), their ideal
+    embeddings sit at the two centres ``gap`` apart, with 5 mm of noise. Returns embeddings, truth."""
+    g = torch.Generator().manual_seed(5)
+    truth = torch.arange(2 * n) % 2  # 0, 1, 0, 1, ...
+    centre = torch.tensor([[1.0, 1.0, 0.5], [1.0 + gap, 1.0, 0.5]])
+    return centre[truth] + 0.005 * torch.randn(2 * n, 3, generator=g), truth
+
+
+@pytest.mark.parametrize("head", ["probabilistic", "margin"])
+def test_interpenetrating_instances_are_separated_by_their_embeddings(head):
+    emb, truth = interleaved_pair()
+    n = len(truth)
+    sem = torch.full((n, 20), -5.0)
+    sem[truth == 0, CHAIR] = sem[truth == 1, SOFA] = 5.0
+    # the sofa's seed (voxel 1) outscores the chair's (voxel 0); every other voxel is no centre
+    if head == "probabilistic":
+        # sigma 5 cm: kernel exp(-0.3^2 / (8 * 0.05^2)) = 0.011 across, > 0.9 within
+        score = torch.full((n, 19), -5.0)
+        score[:, -1] = 5.0
+        score[0, CHAIR - 2], score[1, SOFA - 2] = 8.0, 9.0
+        c = cluster_probabilistic(emb, torch.full_like(emb, np.log(0.05)), score, sem, tau=0.35, min_size=1)
+        seed = torch.softmax(score, 1)[:, :-1].max(1).values
+    else:
+        # bandwidth exp(10 * 0.5) = 148: phi(0.3) = exp(-13) across, > 0.8 within
+        seed_logits = torch.full((n, 18), -5.0)
+        seed_logits[0, CHAIR - 2], seed_logits[1, SOFA - 2] = 2.0, 3.0
+        c = cluster_margin(emb, torch.full_like(emb, 0.5), seed_logits, sem, tau=0.5, min_size=1)
+        seed = torch.sigmoid(seed_logits).max(1).values
+    assert c.voxel_instance.tolist() == [1 - int(t) for t in truth]  # the sofa (stronger seed) is instance 0
+    assert c.classes.tolist() == [SOFA, CHAIR]
+    p = float(torch.softmax(sem[0], 0)[CHAIR])
+    np.testing.assert_allclose(c.scores.numpy(), [p * float(seed[1]), p * float(seed[0])], rtol=1e-6)
+
+
+def test_ambiguous_voxels_take_the_class_of_the_mean_probability():
+    # 6 voxels lean chair (0.55 / 0.45), 4 are sure of sofa (0.1 / 0.9): a per-voxel vote says
+    # chair, the mean says sofa (0.63 against 0.37), and the confidence is 0.63 x seed score
+    probs = torch.zeros(10, 20)
+    probs[:6, CHAIR], probs[:6, SOFA] = 0.55, 0.45
+    probs[6:, CHAIR], probs[6:, SOFA] = 0.1, 0.9
+    score = torch.tensor([0.9] + [0.2] * 9)
+
+    c = greedy_cluster(score, torch.ones(10, dtype=torch.bool), lambda i0, idx: torch.ones(len(i0), len(idx)), probs,
+                       tau=0.5, min_size=1)
+    assert c.voxel_instance.tolist() == [0] * 10 and c.classes.tolist() == [SOFA]
+    assert float(c.scores[0]) == pytest.approx(0.63 * 0.9, rel=1e-6)
+
+
+def test_equal_mean_probabilities_go_to_the_lower_class_and_stuff_is_not_a_class():
+    # every voxel: wall 0.34, chair 0.33, sofa 0.33 (greedy_cluster takes the foreground from its
+    # caller); wall, though largest, is not one of the 18 instance classes, and of those chair and
+    # sofa tie, so the lower train id (chair) wins
+    probs = torch.zeros(4, 20)
+    probs[:, 0], probs[:, CHAIR], probs[:, SOFA] = 0.34, 0.33, 0.33
+    c = greedy_cluster(torch.tensor([0.8, 0.1, 0.1, 0.1]), torch.ones(4, dtype=torch.bool),
+                       lambda i0, idx: torch.ones(len(i0), len(idx)), probs, tau=0.5, min_size=1)
+    assert c.classes.tolist() == [CHAIR]
+    assert float(c.scores[0]) == pytest.approx(0.33 * 0.8, rel=1e-6)
+
+
+@pytest.mark.parametrize("head", ["probabilistic", "margin"])
+def test_foreground_is_the_arg_max_over_all_twenty_classes(head):
+    # one object of 3 voxels at one embedding: voxel 2's wall logit beats its chair logit, so
+    # it is background and stays unassigned though its embedding is the object's
+    sem = torch.full((3, 20), -5.0)
+    sem[:, CHAIR] = 3.0
+    sem[2, 0] = 4.0
+    emb = torch.zeros(3, 3)
+    if head == "probabilistic":
+        score = torch.full((3, 19), -5.0)
+        score[:, CHAIR - 2] = 5.0
+        c = cluster_probabilistic(emb, torch.full_like(emb, np.log(0.05)), score, sem, min_size=1)
+    else:
+        c = cluster_margin(emb, torch.zeros(3, 3), torch.full((3, 18), 5.0), sem, min_size=1)
+    assert c.voxel_instance.tolist() == [0, 0, -1] and c.classes.tolist() == [CHAIR]
+
+
+# --- defaults, output types, the seed budget --------------------------------------------------------------
+
+def many_objects(k: int = 501, n: int = 10):
+    """k objects of n voxels each, every object's voxels at one embedding point 2 m from the next,
+    certain chair semantics; the first voxel of each object is its only seed."""
+    emb = (torch.arange(k, dtype=torch.float32) * 2.0).repeat_interleave(n)[:, None] * torch.tensor([[1.0, 0, 0]])
+    sem = torch.full((k * n, 20), -5.0)
+    sem[:, CHAIR] = 5.0
+    is_seed = torch.arange(k * n) % n == 0
+    return emb, sem, is_seed
+
+
+@pytest.mark.parametrize("head", ["probabilistic", "margin"])
+def test_default_settings_keep_500_instances_of_10_voxels(head, monkeypatch):
+    # 501 objects of exactly 10 voxels, kernel 1 within: the defaults (tau 0.35 / 0.5, seed threshold
+    # 0.5, min_size 10, max_instances 500) accept 500 of them; large blocks only save time
+    monkeypatch.setattr(cluster_module, "greedy_cluster",
+                        lambda *a, **kw: greedy_cluster(*a, **kw, block_size=1024, rows_per_chunk=10_000))
+    emb, sem, is_seed = many_objects()
+    if head == "probabilistic":
+        score = torch.full((len(emb), 19), -5.0)
+        score[:, -1] = 5.0
+        score[is_seed, CHAIR - 2] = 8.0
+        c = cluster_probabilistic(emb, torch.full_like(emb, np.log(0.05)), score, sem)
+    else:
+        seed = torch.full((len(emb), 18), -5.0)
+        seed[is_seed, CHAIR - 2] = 5.0
+        c = cluster_margin(emb, torch.zeros_like(emb), seed, sem)
+    assert c.num_instances == 500
+    assert c.voxel_instance.tolist() == list(np.repeat(np.arange(500), 10)) + [-1] * 10
+    # the greedy loop's own defaults: the same 500
+    probs = torch.softmax(sem, 1)
+    g = greedy_cluster(is_seed.float(), torch.ones(len(emb), dtype=torch.bool),
+                       lambda i0, idx: (emb[idx, 0] == emb[i0, 0]).float(), probs, tau=0.5, block_size=1024,
+                       rows_per_chunk=10_000)
+    assert g.num_instances == 500 and torch.equal(g.voxel_instance, c.voxel_instance)
+
+
+def test_at_most_5000_seeds_are_tried_by_default():
+    # 5000 lone voxels (rejected by min_size 2) outscore a pair: the pair's seed would be the 5001st
+    pos = torch.cat([torch.arange(5000, dtype=torch.float32), torch.tensor([-1.0, -1.0])])
+    score = torch.cat([torch.full((5000,), 0.9), torch.tensor([0.8, 0.1])])
+    probs = torch.zeros(5002, 20)
+    probs[:, CHAIR] = 1.0
+
+    def kernel(i0, idx):
+        return (pos[idx] == pos[i0]).float()
+
+    # one block and one kernel chunk: the same clusters as small blocks (see above), in a fraction of the time
+    args = (score, torch.ones(5002, dtype=torch.bool), kernel, probs)
+    fast = dict(tau=0.5, min_size=2, block_size=8192, rows_per_chunk=10_000)
+    assert greedy_cluster(*args, **fast).num_instances == 0
+    assert greedy_cluster(*args, **fast, max_seeds=5001).num_instances == 1
+
+
+def test_output_types_whatever_the_input_dtype(float64):
+    probs = torch.zeros(3, 20)
+    probs[:, CHAIR] = 1.0
+    args = (torch.tensor([0.9, 0.1, 0.1]), torch.ones(3, dtype=torch.bool),
+            lambda i0, idx: torch.ones(len(i0), len(idx)), probs)
+    c = greedy_cluster(*args, tau=0.5, min_size=1)
+    assert c.classes.dtype == torch.long and c.scores.dtype == torch.float32 and c.voxel_instance.dtype == torch.long
+    assert c.classes.tolist() == [CHAIR] and c.scores.tolist() == [pytest.approx(0.9)]
+    none = greedy_cluster(*args, tau=0.5, min_size=4)
+    assert none.num_instances == 0 and none.voxel_instance.tolist() == [-1, -1, -1]
+    assert none.classes.dtype == torch.long and none.scores.dtype == torch.float32
+
+
+def test_the_first_instance_class_is_foreground():
+    # cabinet is train id 2, the first of the 18 instance classes
+    sem = torch.full((4, 20), -5.0)
+    sem[:, 2] = 5.0
+    sem[3, 1], sem[3, 2] = 5.0, 4.0  # floor
+    seed = torch.full((4, 18), -5.0)
+    seed[:, 0] = 5.0
+    c = cluster_margin(torch.zeros(4, 3), torch.zeros(4, 3), seed, sem, min_size=1)
+    assert c.voxel_instance.tolist() == [0, 0, 0, -1] and c.classes.tolist() == [2]
+
+
+@pytest.mark.parametrize("block_size", [1, 32])
+def test_a_kernel_exactly_at_tau_claims_the_voxel(block_size):
+    # kernel 1 on itself, exactly 0.5 = tau one step away: voxel 1 (a would-be seed) and voxel 2 join voxel 0
+    pos = torch.tensor([0.0, 1.0, -1.0, 5.0])
+
+    def kernel(i0, idx):
+        d = (pos[idx] - pos[i0]).abs()
+        return torch.where(d == 0, 1.0, torch.where(d <= 1, 0.5, 0.0))
+
+    probs = torch.zeros(4, 20)
+    probs[:, CHAIR] = 1.0
+    args = (torch.tensor([0.9, 0.8, 0.1, 0.7]), torch.ones(4, dtype=torch.bool), kernel, probs, 0.5, 0.5, 1)
+    c = greedy_cluster(*args, block_size=block_size)
+    assert c.voxel_instance.tolist() == [0, 0, 0, 1]
+    assert_same_clusters(c, reference_greedy(*args))
+
+
+def test_first_free_seeds_skips_claimed_rows_and_stops_at_the_limit():
+    # row 0 claims row 1; row 1 (claimed) is skipped, not the end of the block; row 2 is free
+    claim = np.array([[True, True, False], [True, True, True], [False, False, True]])
+    assert cluster_module.first_free_seeds(claim, 5) == [0, 2]
+    assert cluster_module.first_free_seeds(claim, 1) == [0]
+    # a claimed row claims nothing: row 1 would claim row 2 but is not a seed
+    assert cluster_module.first_free_seeds(np.eye(4, dtype=bool), 3) == [0, 1, 2]
+
+
+def group_scene(group: list[int], scores: list[float]):
+    """Kernel 1 within a group (-1: a voxel that claims nobody, itself included), else 0."""
+    g = torch.tensor(group)
+
+    def kernel(i0, idx):
+        return ((g[idx] == g[i0]) & (g[i0] >= 0)).float()
+
+    probs = torch.zeros(len(group), 20)
+    probs[:, CHAIR] = 1.0
+    return torch.tensor(scores), torch.ones(len(group), dtype=torch.bool), kernel, probs
+
+
+def test_a_seed_score_exactly_at_the_threshold_is_a_seed():
+    c = greedy_cluster(*group_scene([0, 0], [0.5, 0.25]), tau=0.5, seed_threshold=0.5, min_size=1)
+    assert c.voxel_instance.tolist() == [0, 0] and c.scores.tolist() == [0.5]
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 32])
+def test_max_seeds_counts_the_seeds_of_earlier_blocks(block_size):
+    # four pairs whose first voxels are the seeds; with blocks of 2 the third seed is in the second
+    # block, which may hold only max_seeds - 2 = 1 seed
+    args = group_scene([0, 0, 1, 1, 2, 2, 3, 3], [0.9, 0.6, 0.8, 0.6, 0.7, 0.6, 0.65, 0.6])
+    c = greedy_cluster(*args, tau=0.5, min_size=1, max_seeds=3, block_size=block_size)
+    assert c.voxel_instance.tolist() == [0, 0, 1, 1, 2, 2, -1, -1]
+    assert c.scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 32])
+def test_a_seed_that_takes_no_voxel_still_counts_as_tried(block_size):
+    # voxel 2 claims nobody (not even itself): it is the second seed tried, so max_seeds=3 leaves
+    # room for one more seed (voxel 3), not two
+    args = group_scene([0, 0, -1, 1, 1, 2, 2], [0.9, 0.6, 0.8, 0.7, 0.6, 0.65, 0.6])
+    c = greedy_cluster(*args, tau=0.5, min_size=1, max_seeds=3, block_size=block_size)
+    assert c.voxel_instance.tolist() == [0, 0, -1, 1, 1, -1, -1]
+    assert c.scores.tolist() == pytest.approx([0.9, 0.7])
+
+
+@pytest.mark.parametrize("block_size", [1, 32])
+def test_no_kernel_work_after_max_instances(block_size):
+    # the one-seed loop stops at max_instances: no further block claims or member chunks
+    scores, foreground, kernel, probs = group_scene([0, 0, 1, 1, 2, 2], [0.9, 0.6, 0.8, 0.6, 0.7, 0.6])
+    shapes = []
+
+    def counting_kernel(i0, idx):
+        shapes.append((len(i0), len(idx)))
+        return kernel(i0, idx)
+
+    c = greedy_cluster(scores, foreground, counting_kernel, probs, tau=0.5, min_size=1, max_instances=1,
+                       block_size=block_size)
+    assert c.voxel_instance.tolist() == [0, 0, -1, -1, -1, -1]
+    # block of 1: (1, 1) claims, then seed 0 against the 6 free voxels; block of 32: (6, 6) claims
+    # (seeds 0, 2, 4), seed 0's chunk, and the loop over the block's rows stops after instance 0
+    assert shapes == ([(1, 1), (1, 6)] if block_size == 1 else [(6, 6), (1, 6), (1, 4), (1, 2)])

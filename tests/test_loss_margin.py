@@ -126,7 +126,7 @@ def test_lovasz_hinge_by_hand(dtype):
         [lovasz_hinge_ref([0.5, 0.2, -3.0], [True, False, False]), 1.0 * (1 - 0.5)], rel=tol(dtype))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(st.floats(-3, 3), st.booleans()), min_size=1, max_size=9))
 def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss(row):
     logits, labels = [x for x, _ in row], [y for _, y in row]
@@ -230,7 +230,8 @@ def test_all_voxels_ignored_gives_zero(dtype):
     out = margin_loss(emb, sig, seed, sem, torch.full((7,), IGNORE), inst, cls)
     assert all(v.item() == 0 for v in out.values())
     out["total"].backward()
-    assert all(torch.isfinite(t.grad).all() for t in (emb, sig, seed, sem))
+    # every input gets a zero gradient, the semantic logits included: DDP stalls on a parameter without one
+    assert all(t.grad is not None and (t.grad == 0).all() for t in (emb, sig, seed, sem))
 
 
 def test_background_only_scene_regresses_seeds_to_zero(dtype):

@@ -57,6 +57,17 @@ class Clusters:
 KernelToSeeds = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def default_block_size(device: torch.device) -> int:
+    """Candidates per block: many on CUDA (a block saves syncs), few elsewhere (its (B, B) kernel is pure cost)."""
+    return 1024 if device.type == "cuda" else 32
+
+
+def default_rows_per_chunk(device: torch.device) -> int:
+    """Seed rows per kernel chunk: on CUDA as many as ``KERNEL_CHUNK_ELEMENTS`` allows (each chunk
+    costs a sync), elsewhere one (no sync cost, least kernel work)."""
+    return KERNEL_CHUNK_ELEMENTS if device.type == "cuda" else 1
+
+
 def claims(kernel_to_seed: KernelToSeeds, seeds: torch.Tensor, voxels: torch.Tensor, tau: float) -> torch.Tensor:
     """(S, V) bool: kernel(seed s, voxel v) >= tau, evaluated in row chunks to bound memory."""
     rows = max(1, KERNEL_CHUNK_ELEMENTS // max(1, len(voxels)))
@@ -92,15 +103,17 @@ def members_of_seeds(kernel_to_seed: KernelToSeeds, cand: torch.Tensor, seeds: t
     cost, least work) one row.
     """
     dev = cand.device
-    if rows_per_chunk is None and dev.type != "cuda":
-        rows_per_chunk = 1
+    if rows_per_chunk is None:
+        rows_per_chunk = default_rows_per_chunk(dev)
+    if rows_per_chunk < 1:
+        raise ValueError(f"members_of_seeds: rows_per_chunk must be >= 1, got {rows_per_chunk}")
     seed_row = torch.full((len(cand),), -1, dtype=torch.long, device=dev)
     seed_row[seeds] = torch.arange(len(seeds), device=dev)
     taken_pos, taken_row = [], []
     start = 0
     while start < len(seeds) and len(free_pos):
         rows_fit = max(1, KERNEL_CHUNK_ELEMENTS // len(free_pos))
-        stop = start + (min(rows_per_chunk, rows_fit) if rows_per_chunk else rows_fit)
+        stop = start + min(rows_per_chunk, rows_fit)
         rows = torch.arange(start, min(stop, len(seeds)), device=dev)[:, None]
         member = kernel_to_seed(cand[seeds[rows[:, 0]], None], cand[free_pos]) >= tau
         # a seed is used when its turn comes, so no other seed of the block may take it
@@ -135,7 +148,7 @@ def greedy_cluster(seed_score: torch.Tensor, foreground: torch.Tensor, kernel_to
     ``rows_per_chunk``: see :func:`members_of_seeds`.
     """
     if block_size is None:
-        block_size = 1024 if seed_score.device.type == "cuda" else 32
+        block_size = default_block_size(seed_score.device)
     if block_size < 1:
         raise ValueError(f"greedy_cluster: block_size must be >= 1, got {block_size}")
     dev = seed_score.device
@@ -163,7 +176,8 @@ def greedy_cluster(seed_score: torch.Tensor, foreground: torch.Tensor, kernel_to
         groups = torch.split(cand[member_pos], sizes)
         # one gather per block: score[seeds[r]] would index with a 0-d device tensor, i.e. .item(), a sync per seed
         block_scores = score[seeds]
-        instance_of_row = torch.full((len(seeds),), -1, dtype=torch.long)
+        # built on the host (no host-to-device copy per row), copied to the device once below; -1: rejected
+        instance_of_row = [-1] * len(seeds)
         for r, size in enumerate(sizes):
             if len(means) >= max_instances:
                 break
@@ -173,7 +187,7 @@ def greedy_cluster(seed_score: torch.Tensor, foreground: torch.Tensor, kernel_to
             instance_of_row[r] = len(means)
             means.append(inst_probs[groups[r]].mean(0))
             seed_scores.append(block_scores[r])  # a python int: a view, no sync
-        voxel_instance[cand[member_pos]] = instance_of_row.to(dev)[member_row]  # -1 where rejected
+        voxel_instance[cand[member_pos]] = torch.tensor(instance_of_row, dtype=torch.long, device=dev)[member_row]
         queue = queue[free[queue]]  # sync
     if not means:
         return Clusters(voxel_instance, torch.zeros(0, dtype=torch.long, device=dev),

@@ -58,7 +58,7 @@ class MaskSet:
     def expand(self, point_of: np.ndarray) -> MaskSet:
         """Masks over the points of a finer set, each of which maps to one point of this one
         (e.g. vertices -> their voxel via ``point_of = inverse``): a fine point is in a mask
-        exactly when its coarse point is."""
+        exactly when its coarse point is. Every fine point must map to one (``point_of >= 0``)."""
         point_of = np.asarray(point_of, np.int64)
         by_coarse = np.argsort(point_of)  # in any order within a coarse point: from_pairs sorts them
         fine_count = np.bincount(point_of, minlength=self.num_points)
