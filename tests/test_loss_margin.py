@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 import minkseg.losses.margin as margin_module
 from minkseg.losses.margin import MarginLossWeights, lovasz_hinge, margin_gaussian, margin_loss
+from tests.meta_device import assert_loss_follows_the_inputs_device
 
 IGNORE = -100
+
 
 
 def tol(dtype: torch.dtype) -> float:
@@ -346,19 +348,7 @@ def test_invalid_instance_class_raises_and_boundary_classes_are_valid(dtype):
 def test_every_tensor_follows_the_inputs_device(dtype):
     """With the default device elsewhere ("meta", standing in for a GPU/CPU mismatch), every tensor
     the loss creates is made on the inputs' device: same values and gradients."""
-    inputs = tiny_scene(dtype, requires_grad=True)
-    expected = margin_loss(*inputs, chunk_elements=6)
-    expected["total"].backward()
-    grads = [t.grad.clone() for t in inputs[:4]]
-    for t in inputs[:4]:
-        t.grad = None
-    with torch.device("meta"):
-        out = margin_loss(*inputs, chunk_elements=6)
-        out["total"].backward()
-    for name, value in expected.items():
-        assert out[name].device == value.device and out[name].item() == value.item(), name
-    for t, g in zip(inputs[:4], grads):
-        torch.testing.assert_close(t.grad, g, rtol=0, atol=0)
+    assert_loss_follows_the_inputs_device(margin_loss, tiny_scene(dtype, requires_grad=True), 4, chunk_elements=6)
 
 
 @pytest.mark.parametrize("inputs_dtype, default", [(torch.float64, torch.float32), (torch.float32, torch.float64)])

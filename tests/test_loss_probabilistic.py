@@ -23,8 +23,10 @@ from minkseg.losses.probabilistic import (
     score_loss,
     score_targets,
 )
+from tests.meta_device import assert_loss_follows_the_inputs_device
 
 IGNORE = -100
+
 
 
 def tol(dtype: torch.dtype) -> float:
@@ -405,18 +407,7 @@ def test_every_tensor_follows_the_inputs_device(dtype):
     default device is the CPU, or the reverse), every tensor the loss creates must still be made on
     the inputs' device: the same values and gradients as with the default device at home."""
     inputs = tiny_scene(dtype, requires_grad=True)
-    expected = probabilistic_loss(*inputs, chunk_elements=8)
-    expected["total"].backward()
-    grads = [t.grad.clone() for t in inputs[:4]]
-    for t in inputs[:4]:
-        t.grad = None
-    with torch.device("meta"):
-        out = probabilistic_loss(*inputs, chunk_elements=8)
-        out["total"].backward()
-    for name, value in expected.items():
-        assert out[name].device == value.device and out[name].item() == value.item(), name
-    for t, g in zip(inputs[:4], grads):
-        torch.testing.assert_close(t.grad, g, rtol=0, atol=0)
+    assert_loss_follows_the_inputs_device(probabilistic_loss, inputs, 4, chunk_elements=8)
 
 
 @pytest.mark.parametrize("inputs_dtype, default", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
