@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,94 @@ def test_command_line_on_prepared_scenes(prepared_dir, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == format_ceiling(expected)
     with pytest.raises(SystemExit, match="no prepared scenes"):
         main([str(prepared_dir / "missing")])
+
+
+def test_ceiling_summary_of_missing_metrics_is_nan():
+    # a split without instances (or without labels) has no AP / mIoU entry: NaN, not a crash
+    empty = ceiling_summary({}, 0.1)
+    assert empty["voxel_size"] == 0.1 and all(np.isnan(empty[k]) for k in ("mAP", "AP50", "AP25", "mIoU"))
+    only_instance = ceiling_summary({"instance": {"mAP": 0.25, "AP50": 0.5, "AP25": 0.75}}, 0.05)
+    assert (only_instance["mAP"], only_instance["AP50"], only_instance["AP25"]) == (0.25, 0.5, 0.75)
+    assert np.isnan(only_instance["mIoU"])
+    only_semantic = ceiling_summary({"semantic": {"mIoU": 0.5}}, 0.05)
+    assert only_semantic["mIoU"] == 0.5 and np.isnan(only_semantic["AP50"])
+
+
+def test_instance_id_zero_is_an_instance_and_masks_are_boolean():
+    # train instance ids may start at 0 (only -1 means none): the instance with id 0 is kept
+    scene = _scene([((0, 0, 0), CHAIR, 1, 120), ((2, 0, 0), TABLE, 2, 130)])
+    scene["instance"] = np.where(scene["instance"] >= 0, scene["instance"] - 1, -1).astype(np.int32)
+    assert sorted(set(scene["instance"].tolist())) == [-1, 0, 1]
+    _, instances = oracle_prediction(scene, 1.0)
+    assert sorted((p.label_id, int(p.mask.sum())) for p in instances) == [(CHAIR, 121), (TABLE, 130)]
+    assert all(p.mask.dtype == np.bool_ for p in instances)
+    table = next(p for p in instances if p.label_id == TABLE)
+    np.testing.assert_array_equal(np.flatnonzero(table.mask), np.flatnonzero(scene["instance"] == 1))
+
+
+def test_the_grid_origin_is_the_scene_corner_for_any_offset():
+    # an offset that is not a whole number of voxels, and differs per axis: the cells still
+    # start at the scene's minimum corner, so the answer is that of the unmoved scene
+    scene = _scene([((0, 0, 0), CHAIR, 1, 120), ((1, 0, 0), TABLE, 2, 130), ((0, 1, 0), WALL, 0, 40)])
+    moved = dict(scene, xyz=scene["xyz"] + np.float32([10.3, -4.6, 2.2]))
+    semantic, instances = oracle_prediction(moved, 1.0)
+    np.testing.assert_array_equal(semantic, np.r_[CHAIR, scene["nyu40"][1:]])  # the origin is in the chair cell
+    assert sorted((p.label_id, int(p.mask.sum())) for p in instances) == [(CHAIR, 121), (TABLE, 130)]
+
+
+def test_only_vertices_that_carry_the_voxels_label_name_its_instance():
+    # cell A: 3 chair vertices of instance 1, and 4 of instance 2 split 2 table / 2 picture, so
+    # the voxel votes chair and instance 1; instance 2 (more vertices in A) must not take A
+    scene = _scene([((0, 0, 0), CHAIR, 1, 3), ((0, 0, 0), TABLE, 2, 2), ((0, 0, 0), PICTURE, 2, 2),
+                    ((3, 0, 0), FLOOR, 0, 20)])
+    semantic, instances = oracle_prediction(scene, 1.0)
+    assert [(p.label_id, int(p.mask.sum())) for p in instances] == [(CHAIR, 8)]  # A with the origin vertex
+    assert (semantic[:8] == CHAIR).all() and (semantic[8:] == FLOOR).all()
+
+
+def _save_prepared(folder, name: str, scene: dict) -> None:
+    """Write ``scene`` where :func:`scannet_tools.prepare.load_prepared` reads ``name``."""
+    from scannet_tools.prepare import prepared_path
+
+    np.savez(prepared_path(folder, name), **dict(scene, scene=np.str_(name)))
+
+
+def test_command_line_defaults_every_scene_at_2_5_and_10_cm(tmp_path, capsys):
+    from minkseg.evaluation.oracle import main
+
+    # pure 1 m cells are pure at every finer voxel size too: every ceiling is 1.0
+    _save_prepared(tmp_path, "scene0007_00", _scene([((0, 0, 0), CHAIR, 1, 150), ((2, 0, 0), TABLE, 2, 150)]))
+    assert main([str(tmp_path)]) == 0
+    perfect = "mAP 1.000  AP50 1.000  AP25 1.000  mIoU 1.000"
+    assert capsys.readouterr().out.splitlines() == [
+        f"1 scenes from {tmp_path}", f"voxelization ceiling at 2 cm: {perfect}",
+        f"voxelization ceiling at 5 cm: {perfect}", f"voxelization ceiling at 10 cm: {perfect}"]
+
+
+def test_command_line_help(capsys):
+    from minkseg.evaluation.oracle import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert text.startswith("usage: python -m minkseg.evaluation.oracle ")
+    for part in ("The voxelization ceiling: what perfect voxel outputs score at a voxel size.",
+                 "folder of prepared scenes (minkseg prepare --out)", "scene ids (default: every prepared scene)",
+                 "metres (default: 0.02 0.05 0.1)"):
+        assert re.search(rf"(?<!\w){re.escape(part)}(?!\w)", text), part  # whole words, nothing glued on
+    assert "A network sees voxels" not in text  # the description is the docstring's first line only
+
+
+def test_float64_coordinates_are_read_as_the_float32_of_a_prepared_file():
+    # prepared files store float32; a float64 scene must give exactly what its float32 copy
+    # gives. Here the vertex at x = 1.1 - 3.3e-8 (float64) lies 1 m from the corner x = 0.1 in
+    # float32 (cell 1, floor) but just below 1 m in float64 arithmetic (cell 0, wall).
+    edge = np.float64(1.1) - 3.3e-8
+    assert np.floor(np.float32(edge) - np.float32(0.1)) == 1 and np.floor(np.float32(edge - 0.1)) == 0
+    xyz = np.array([[0.1, 0.1, 0.1]] + [[0.5, 0.5, 0.5]] * 5 + [[1.6, 0.5, 0.5]] * 5 + [[edge, 0.5, 0.5]])
+    nyu40 = np.array([WALL] * 6 + [FLOOR] * 5 + [WALL], np.uint8)
+    semantic, instance = training_labels(nyu40, np.zeros(len(nyu40), np.int64))
+    scene = {"scene": "edge", "xyz": xyz, "nyu40": nyu40, "semantic": semantic, "instance": instance}
+    as_float32 = dict(scene, xyz=xyz.astype(np.float32))
+    np.testing.assert_array_equal(oracle_prediction(scene, 1.0)[0], oracle_prediction(as_float32, 1.0)[0])
+    assert oracle_prediction(scene, 1.0)[0][-1] == FLOOR
