@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -197,6 +198,9 @@ class ConfigError(ValueError):
     pass
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value, typ, where: str):
     """Check/convert a YAML value to the annotated field type."""
     origin = typing.get_origin(typ)
@@ -216,6 +220,9 @@ def _coerce(value, typ, where: str):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return value
+    if typ is float and isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        # YAML 1.1 (PyYAML) reads 1e-3 as a string: it wants a dot in the mantissa (1.0e-3)
+        value = float(value)
     if typ in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ is int and isinstance(value, float)
                                                                              and not value.is_integer()):

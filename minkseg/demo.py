@@ -53,11 +53,13 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
 
     t = _stage(f"prepare -> {prepared}")
     report = prepare_all(raw / "scans", prepared, table, workers=2)
-    print(report.summary("prepared"), f"\n   {time.time() - t:.1f} s")
+    print(report.summary("prepared"))
+    print(f"   {time.time() - t:.1f} s")
 
     t = _stage(f"export-gt -> {gt}")
     report = export_gt_all(raw / "scans", gt, table, workers=2)
-    print(report.summary("exported"), f"\n   {time.time() - t:.1f} s")
+    print(report.summary("exported"))
+    print(f"   {time.time() - t:.1f} s")
 
     runs, metrics, ceilings = {}, {}, {}
     train_seeds = seeds or [seed]
@@ -122,7 +124,7 @@ def run_demo(out: str | Path, scenes: int = 8, seed: int = 0, small: bool = Fals
             print(f"{head + ' std':<20}" + "".join(f"{sd:>8.3f}" for _, sd in cells))
     for c in {m["ceiling"]["voxel_size"]: m["ceiling"] for m in metrics.values()}.values():
         label = f"ceiling {100 * c['voxel_size']:g} cm"  # the voxel oracle: what this voxel size allows
-        print(f"{label:<16}{c['mAP']:>8.3f}{c['AP50']:>8.3f}{c['AP25']:>8.3f}{c['mIoU']:>8.3f}")
+        print(f"{label:<20}{c['mAP']:>8.3f}{c['AP50']:>8.3f}{c['AP25']:>8.3f}{c['mIoU']:>8.3f}")
     print(f"\nraw scenes    {raw / 'scans'}\nprepared      {prepared}\nground truth  {gt}\n"
           f"runs          {out / 'runs'}  (tensorboard --logdir {out / 'runs'})\nmetrics       {out / 'metrics'}\n"
           f"submission    {sub}\nreport        {out / 'report' / 'index.html'} (+ report.md)\n"

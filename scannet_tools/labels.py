@@ -70,7 +70,7 @@ def read_label_table(path: str | Path, label_to: str = "nyu40id") -> dict[str, i
     """Read a ScanNet label table into {raw_category: nyu40 id}.
 
     Accepts the current table and the old one (which still has ``stick``), and the copies
-    whose lines end in ``\\r\\r\\n``. Later rows win over earlier ones with the same
+    whose lines end in ``\\r\\r\\n`` (or ``\\r`` alone). Later rows win over earlier ones with the same
     raw_category, as in ScanNet's ``util.read_label_mapping``.
     """
     path = Path(path)
@@ -78,7 +78,11 @@ def read_label_table(path: str | Path, label_to: str = "nyu40id") -> dict[str, i
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise LabelTableError(f"{path}: cannot read label table ({e.strerror})") from e
-    lines = [line.rstrip("\r") for line in text.split("\n")]
+    except UnicodeDecodeError as e:
+        raise LabelTableError(f"{path}: label table is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                              f"{e.start})") from e
+    # read_text's universal newlines already turned \r\n, \r\r\n (some copies) and \r alone into \n
+    lines = text.split("\n")
     rows = csv.DictReader([line for line in lines if line], delimiter="\t")
     if rows.fieldnames is None or "raw_category" not in rows.fieldnames or label_to not in rows.fieldnames:
         raise LabelTableError(f"{path}: not a ScanNet label table (needs columns raw_category and {label_to})")

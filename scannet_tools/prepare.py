@@ -51,7 +51,9 @@ def vertex_normals(xyz: np.ndarray, faces: np.ndarray) -> np.ndarray:
         for d in range(3):  # bincount is the fast scatter-add in numpy
             normals[:, d] = np.bincount(idx, weights=np.repeat(face_n[:, d], 3), minlength=len(xyz))
     length = np.linalg.norm(normals, axis=1, keepdims=True)
-    out = np.where(length > 0, normals / np.maximum(length, 1e-12), np.array([0.0, 0.0, 1.0]))
+    # divide by the length itself (1 where it is 0): a clamp such as max(length, 1e-12) would leave the
+    # normals of sub-micrometre triangles shorter than 1
+    out = np.where(length > 0, normals / np.where(length > 0, length, 1.0), np.array([0.0, 0.0, 1.0]))
     return out.astype(np.float32)
 
 

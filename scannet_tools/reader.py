@@ -105,6 +105,10 @@ def read_mesh(path: Path, scene: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
                 f.seek(0)  # not all faces are triangles, or no vertex_indices: generic path
                 ply = PlyData.read(f, mmap=False)
             v = ply["vertex"].data
+            # numpy reports a missing field as ValueError; name it like a missing element
+            missing = [p for p in ("x", "y", "z", "red", "green", "blue") if p not in (v.dtype.names or ())]
+            if missing:
+                raise KeyError(missing[0])
             xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
             rgb = np.stack([v["red"], v["green"], v["blue"]], axis=1).astype(np.uint8)
             faces = np.zeros((0, 3), np.int64)
@@ -212,7 +216,17 @@ def read_scene(scene_dir: str | Path, annotations: bool = True) -> RawScene:
     for g in groups:
         if not isinstance(g, dict) or not {"objectId", "label", "segments"} <= g.keys():
             raise SceneError(scene, paths.aggregation, "a segGroup lacks objectId, label or segments")
-        seg = np.asarray(g["segments"], dtype=np.int64)
+        # label_vertices takes objectId as an int and segments as a list of segment ids
+        if not isinstance(g["objectId"], int) or not isinstance(g["segments"], list):
+            raise SceneError(scene, paths.aggregation, f"segGroup objectId {g['objectId']!r} ({g['label']}): objectId "
+                             "is not an integer or segments is not a list")
+        try:
+            seg = np.asarray(g["segments"], dtype=np.int64)
+            if seg.ndim != 1:
+                raise ValueError("nested lists")
+        except (TypeError, ValueError, OverflowError) as e:
+            raise SceneError(scene, paths.aggregation, f"segGroup objectId {g['objectId']} ({g['label']}) has segment "
+                             f"ids that are not integers: {g['segments'][:5]}") from e
         absent = seg[~np.isin(seg, known)]
         if absent.size:
             raise SceneError(

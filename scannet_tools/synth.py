@@ -412,7 +412,9 @@ def _grid(b: Box, face: int, spacing: float) -> tuple[np.ndarray, np.ndarray, np
     pts[:, va] = b.lo[va] + uv[:, 1]
     a = (np.arange(nu - 1)[:, None] * nv + np.arange(nv - 1)).ravel()
     tris = np.concatenate([np.stack([a, a + nv, a + 1], 1), np.stack([a + 1, a + nv, a + nv + 1], 1)])
-    if face % 2 == 0:  # keep triangles facing outwards
+    # u x v points along +x, -y and +z (the y faces' grid runs x then z): flip the faces looking the other way,
+    # so that every triangle faces outwards, as a scan's do (vertex normals come from them)
+    if face in (0, 3, 4):
         tris = tris[:, [0, 2, 1]]
     return pts, tris, uv
 

@@ -155,3 +155,40 @@ def test_cli_answers_an_impossible_device_with_one_line(monkeypatch, tmp_path, c
     rc = main(["evaluate", "--checkpoint", str(tmp_path / "x.pth"), "--device", "cuda"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "no CUDA GPU" in err
+
+
+def test_errors_are_whole_sentences(monkeypatch):
+    _gpus(monkeypatch, 0)
+    with pytest.raises(DeviceError) as err:
+        resolve_device("cuda:1")
+    assert str(err.value) == (f"--device cuda:1: no CUDA GPU is visible to torch here (torch {torch.__version__}); "
+                              "use --device cpu or auto")
+    _gpus(monkeypatch, 4)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # the smallest node that shares: two ranks
+    with pytest.raises(DeviceError) as err:
+        resolve_device("cuda:3")
+    assert str(err.value) == ("--device cuda:3: under torchrun every rank on this node would take GPU 3; use --device "
+                              "auto or cuda (rank r takes cuda:r), and CUDA_VISIBLE_DEVICES to choose the GPUs")
+
+
+def test_two_ranks_on_a_one_gpu_machine_are_refused(monkeypatch):
+    # torch sees one GPU without CUDA_VISIBLE_DEVICES: the node's GPU, not a per-rank one, so rank 1 has none
+    _gpus(monkeypatch, 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DeviceError, match=r"LOCAL_RANK=1 names GPU 1, but this machine has 1 \(cuda:0..cuda:0\)"):
+        resolve_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("visible, one", [(None, False), ("", False), ("3", True), ("0,1", False), (" , 2", True),
+                                          ("GPU-5f3a", True), ("0,1,2,3", False)])
+def test_one_visible_gpu_counts_the_names_in_cuda_visible_devices(visible, one, monkeypatch):
+    from minkseg.device import _one_visible_gpu
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert _one_visible_gpu() is one

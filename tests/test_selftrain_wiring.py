@@ -434,6 +434,9 @@ def test_pseudo_label_stats_line():
                        "instance_recall": 1.0}
     assert _format_stats(both) == ("round 2 pseudo labels on 3 scenes: semantic coverage 50.0%, precision -%, "
                                    "recall 12.5%; 4 of 9 proposals kept, instance precision 75.0%, recall 100.0%")
+    measured = semantic | {"semantic_precision": 0.875}  # a measured precision is printed, not dropped
+    assert _format_stats(measured) == ("round 2 pseudo labels on 3 scenes: semantic coverage 50.0%, precision 87.5%, "
+                                       "recall 12.5%; no instance pseudo labels in this round")
     assert [_pct(v) for v in (None, math.nan, 0.0, 0.5, 1)] == ["-", "-", "0.0", "50.0", "100.0"]
 
 

@@ -253,3 +253,26 @@ def test_log_mean_exp_keeps_the_values_dtype_and_counts_trailing_empty_groups():
     assert got.dtype == torch.float64 and got.shape == (3, 1)
     assert abs(float(got[0, 0]) - math.log(3.0)) < 1e-14  # mean(1, 2, 6) = 3
     assert float(got[1, 0]) == -1.5 and torch.isneginf(got[2]).all()
+
+
+def test_log_mean_exp_and_averaging_make_their_tensors_on_the_inputs_device():
+    # under PyTorch's meta default device, a tensor made without the inputs' device lands on meta and fails
+    # against the CPU inputs (see tests/meta_device.py); the values must be those made at home
+    values = torch.tensor([[0.0, -1.0], [math.log(3.0), -2.0], [-2.0, 0.5]])
+    group = torch.tensor([0, 0, 2])
+    sem = torch.log_softmax(torch.tensor([[1.0] + [0.0] * 19, [0.0] * 19 + [2.0]]), 1)
+    seed = torch.tensor([[0.5] * 18, [-1.0] * 18])
+    identity = ModelOutput(sem, MarginOutput(torch.zeros(2, 3), torch.zeros(2, 3), seed))
+    other = ModelOutput(sem.flip(0), MarginOutput(torch.zeros(2, 3), torch.zeros(2, 3), seed.flip(0)))
+    inverse, other_inverse = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 0])
+    with torch.device("meta"):
+        got = log_mean_exp_per_group(values, group, 3)
+        avg = average_outputs(identity, inverse, [(other, other_inverse)])
+    assert got.device.type == "cpu" and avg.semantic_logits.device.type == avg.instance.seed_logits.device.type == "cpu"
+    want = torch.tensor([[math.log(2.0), math.log((math.exp(-1) + math.exp(-2)) / 2)],
+                         [-math.inf, -math.inf], [-2.0, 0.5]])
+    torch.testing.assert_close(got, want)
+    # the other pose holds the same maps with its voxels swapped, and its vertices too: the averages are the
+    # identity's own maps
+    torch.testing.assert_close(avg.semantic_logits, sem)
+    torch.testing.assert_close(avg.instance.seed_logits, seed)

@@ -231,7 +231,7 @@ def compare_runs(runs: list[Path], out: Path, split: str | None = None, prepared
 def _thumb_scene(scene: dict, root: Path) -> dict:
     """Vertices (and the raw mesh's faces where the scan is there) plus the ground-truth instances."""
     from minkseg.viz.colors import instance_colors
-    from scannet_tools.reader import read_scene
+    from scannet_tools.reader import SceneError, read_scene
 
     faces = None
     scan = root / "scans" / scene["scene"]
@@ -239,7 +239,7 @@ def _thumb_scene(scene: dict, root: Path) -> dict:
         try:
             raw = read_scene(scan, annotations=False)
             faces = raw.faces if len(raw.xyz) == len(scene["xyz"]) else None
-        except (OSError, ValueError):  # a thumbnail of points does as well
+        except (OSError, ValueError, SceneError):  # a missing or broken mesh: a thumbnail of points does as well
             faces = None
     gt = scene["instance"].astype(np.int64) - 1  # ScanNet ids from 1, -1 for none
     return {"xyz": scene["xyz"], "faces": faces, "colours": {"ground truth": instance_colors(gt)}}
